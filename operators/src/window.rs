@@ -1,0 +1,122 @@
+//! Tumbling event-time windows and the arithmetic every part of Tally shares about them.
+
+use serde::{Deserialize, Serialize};
+
+/// A tumbling window length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Window {
+    /// One minute.
+    Minute,
+    /// One hour.
+    Hour,
+    /// One day (UTC days).
+    Day,
+}
+
+impl Window {
+    /// Every window kind, shortest first.
+    pub const ALL: [Window; 3] = [Window::Minute, Window::Hour, Window::Day];
+
+    /// Length in milliseconds.
+    pub const fn millis(self) -> u64 {
+        match self {
+            Window::Minute => 60_000,
+            Window::Hour => 3_600_000,
+            Window::Day => 86_400_000,
+        }
+    }
+
+    /// The label used in storage and in the API (`1m`, `1h`, `1d`).
+    pub const fn label(self) -> &'static str {
+        match self {
+            Window::Minute => "1m",
+            Window::Hour => "1h",
+            Window::Day => "1d",
+        }
+    }
+
+    /// Parses a label as written by [`Window::label`].
+    pub fn from_label(label: &str) -> Option<Window> {
+        Window::ALL.into_iter().find(|w| w.label() == label)
+    }
+
+    /// Position of this window in [`Window::ALL`].
+    pub const fn index(self) -> usize {
+        match self {
+            Window::Minute => 0,
+            Window::Hour => 1,
+            Window::Day => 2,
+        }
+    }
+
+    /// Start of the window containing `ts_ms`.
+    pub const fn start_of(self, ts_ms: u64) -> u64 {
+        ts_ms - ts_ms % self.millis()
+    }
+
+    /// The dataflow time at which the window containing `ts_ms` closes: its end plus `grace_ms`.
+    /// Data read at or after this time is late for that window.
+    pub const fn close_time(self, ts_ms: u64, grace_ms: u64) -> u64 {
+        self.start_of(ts_ms) + self.millis() + grace_ms
+    }
+
+    /// Whether an event at `ts_ms`, read when the watermark was `read_time`, is late for this
+    /// window.
+    pub const fn is_late(self, ts_ms: u64, read_time: u64, grace_ms: u64) -> bool {
+        self.close_time(ts_ms, grace_ms) <= read_time
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The time after which nothing more is owed for an event at `ts_ms` read at `read_time`: the
+/// close time of the longest window it still counts in, or `read_time` when it is late for all.
+/// The source keeps a Kafka offset uncommitted until the sink's acknowledged frontier passes this.
+pub fn settled_after(windows: &[Window], ts_ms: u64, read_time: u64, grace_ms: u64) -> u64 {
+    windows
+        .iter()
+        .map(|w| w.close_time(ts_ms, grace_ms))
+        .filter(|&close| close > read_time)
+        .max()
+        .unwrap_or(read_time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_bounds() {
+        // 2024-03-13T10:17:42.123Z
+        let ts = 1_710_325_062_123;
+        assert_eq!(Window::Minute.start_of(ts), 1_710_325_020_000);
+        assert_eq!(Window::Hour.start_of(ts), 1_710_324_000_000);
+        assert_eq!(Window::Day.start_of(ts), 1_710_288_000_000);
+        assert_eq!(Window::Minute.close_time(ts, 5_000), 1_710_325_085_000);
+        assert!(!Window::Minute.is_late(ts, 1_710_325_084_999, 5_000));
+        assert!(Window::Minute.is_late(ts, 1_710_325_085_000, 5_000));
+    }
+
+    #[test]
+    fn settled_after_picks_longest_open_window() {
+        let ts = 1_710_325_062_123;
+        let all = Window::ALL;
+        assert_eq!(settled_after(&all, ts, 0, 0), Window::Day.close_time(ts, 0));
+        let after_day = Window::Day.close_time(ts, 0);
+        assert_eq!(settled_after(&all, ts, after_day, 0), after_day);
+        let after_hour = Window::Hour.close_time(ts, 0);
+        assert_eq!(settled_after(&[Window::Minute, Window::Hour], ts, after_hour + 1, 0), after_hour + 1);
+    }
+
+    #[test]
+    fn labels_round_trip() {
+        for w in Window::ALL {
+            assert_eq!(Window::from_label(w.label()), Some(w));
+        }
+        assert_eq!(Window::from_label("2m"), None);
+    }
+}
