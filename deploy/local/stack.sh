@@ -43,10 +43,16 @@ PG_PORT=${TALLY_PG_PORT:-5432}
 START_TIMEOUT=${TALLY_START_TIMEOUT:-90}
 STOP_TIMEOUT=${TALLY_STOP_TIMEOUT:-30}
 
-for lib in common install kafka clickhouse postgres; do
-    # shellcheck source=/dev/null
-    . "$DEPLOY_DIR/lib/$lib.sh"
-done
+# shellcheck source=lib/common.sh
+. "$DEPLOY_DIR/lib/common.sh"
+# shellcheck source=lib/install.sh
+. "$DEPLOY_DIR/lib/install.sh"
+# shellcheck source=lib/kafka.sh
+. "$DEPLOY_DIR/lib/kafka.sh"
+# shellcheck source=lib/clickhouse.sh
+. "$DEPLOY_DIR/lib/clickhouse.sh"
+# shellcheck source=lib/postgres.sh
+. "$DEPLOY_DIR/lib/postgres.sh"
 
 cmd_status() {
     local rc=0
@@ -58,10 +64,10 @@ cmd_status() {
 
 cmd_up() {
     cmd_install
-    # postgres needs $TALLY_HOME (and run/) to be traversable by its user
-    # even if the caller's umask is strict.
+    # postgres (its own OS user) needs to reach run/ and log/ even if the
+    # caller's umask is strict.
     mkdir -p "$RUN_DIR" "$LOG_DIR"
-    chmod 755 "$TALLY_HOME" "$RUN_DIR"
+    chmod 755 "$TALLY_HOME" "$RUN_DIR" "$LOG_DIR"
     # Check every port before starting anything, so a conflict does not
     # leave a half-started stack behind.
     kafka_check_ports

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # ClickHouse: the distro's config.xml with every path and port overridden on
 # the command line, so nothing under /var/lib or /var/log is touched and the
 # distro service (if any) can coexist on other ports.
@@ -12,6 +13,8 @@ CH_CONFIG=${TALLY_CLICKHOUSE_CONFIG:-/etc/clickhouse-server/config.xml}
 
 # --path is unique to our instance, so it identifies our process.
 clickhouse_pid() { owned_pid "$CH_PIDFILE" "--path=$CH_DIR/data/"; }
+
+clickhouse_addr() { echo "http://127.0.0.1:$CH_HTTP_PORT (native 127.0.0.1:$CH_TCP_PORT)"; }
 
 clickhouse_ready() {
     [[ $(http_get "$CH_HTTP_PORT" /ping | tail -n1) == Ok.* ]]
@@ -48,7 +51,8 @@ clickhouse_up() {
         --http_port="$CH_HTTP_PORT" \
         --tcp_port="$CH_TCP_PORT" \
         --interserver_http_port="$CH_INTERSERVER_PORT"
-    wait_ready clickhouse "$START_TIMEOUT" "$CH_OUT $CH_ERRLOG" clickhouse_ready
+    save_addr clickhouse "$(clickhouse_addr)"
+    wait_ready clickhouse "$START_TIMEOUT" "$CH_OUT $CH_ERRLOG" "$(<"$CH_PIDFILE")" clickhouse_ready
 }
 
 clickhouse_down() {
@@ -56,12 +60,12 @@ clickhouse_down() {
     if pid=$(clickhouse_pid); then
         stop_pid "$pid" clickhouse
     fi
-    rm -f "$CH_PIDFILE"
+    rm -f "$CH_PIDFILE" "$RUN_DIR/clickhouse.addr"
 }
 
 clickhouse_status() {
     local pid=''
     pid=$(clickhouse_pid) || pid=''
-    print_status_line clickhouse "$pid" "http://127.0.0.1:$CH_HTTP_PORT (native 127.0.0.1:$CH_TCP_PORT)"
+    print_status_line clickhouse "$pid" "$(saved_addr clickhouse "$(clickhouse_addr)")"
     [[ -n $pid ]]
 }

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for stack.sh. Sourced, not executed.
 
 say() { printf '%s\n' "$*"; }
@@ -32,21 +33,29 @@ require_free_port() { # port service env-var
 
 # Minimal HTTP GET over /dev/tcp, so readiness checks do not need curl.
 http_get() { # port path
+    # shellcheck disable=SC2016 # $1/$2 are expanded by the inner bash
     timeout 3 bash -c '
         exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
         printf "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" "$2" >&3
         cat <&3' _ "$1" "$2" 2>/dev/null
 }
 
-# Poll "$@" until it succeeds; on timeout show the service's logs so CI
-# output says why instead of only that it failed.
-wait_ready() { # service timeout-seconds "log1 log2" cmd...
-    local service=$1 timeout=$2 logs=$3 deadline f
-    shift 3
+# Poll "$@" until it succeeds; on timeout, or as soon as the process (pid,
+# if given) has died, show the service's logs so CI output says why
+# instead of only that it failed.
+wait_ready() { # service timeout-seconds "log1 log2" pid-or-empty cmd...
+    local service=$1 timeout=$2 logs=$3 pid=$4 deadline f why
+    shift 4
     deadline=$((SECONDS + timeout))
     until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then
-            warn "$service did not become ready within ${timeout}s"
+        why=''
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+            why="$service exited during startup"
+        elif ((SECONDS >= deadline)); then
+            why="$service did not become ready within ${timeout}s"
+        fi
+        if [[ -n $why ]]; then
+            warn "$why"
             for f in $logs; do
                 [[ -s $f ]] || continue
                 warn "---- last lines of $f ----"
@@ -85,6 +94,13 @@ spawn() { # pidfile logfile cmd...
     shift 2
     setsid nohup "$@" >>"$logfile" 2>&1 </dev/null &
     printf '%s\n' "$!" >"$pidfile"
+}
+
+# Where a service was started, so `status` reports the ports it really
+# uses even when called with different TALLY_*_PORT variables.
+save_addr() { printf '%s\n' "$2" >"$RUN_DIR/$1.addr"; }
+saved_addr() { # service default
+    if [[ -s $RUN_DIR/$1.addr ]]; then cat "$RUN_DIR/$1.addr"; else printf '%s\n' "$2"; fi
 }
 
 print_status_line() { # service pid-or-empty address

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # `stack.sh install`: Debian packages and the Kafka jars. Idempotent and
 # quiet when everything is already there, because `up` runs it every time.
 

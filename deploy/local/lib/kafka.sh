@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Kafka: single-node KRaft (broker + controller in one JVM).
 
 KAFKA_PIDFILE=$RUN_DIR/kafka.pid
@@ -58,6 +59,8 @@ kafka_tool() { # main-class args...
         -cp "$KAFKA_DIR/libs/*" "$@"
 }
 
+kafka_addr() { echo "127.0.0.1:$KAFKA_PORT (controller 127.0.0.1:$KAFKA_CONTROLLER_PORT)"; }
+
 kafka_ready() {
     port_open "$KAFKA_PORT" && kcat -b "127.0.0.1:$KAFKA_PORT" -m 5 -L
 }
@@ -78,8 +81,10 @@ kafka_up() {
     # meta.properties is absent so restarts keep their topics; the cluster id
     # is saved first so a format interrupted half-way is retried with it.
     if [[ ! -f $KAFKA_DIR/data/meta.properties ]]; then
-        [[ -s $KAFKA_DIR/cluster.id ]] ||
-            kafka_tool kafka.tools.StorageTool random-uuid >"$KAFKA_DIR/cluster.id" 2>>"$KAFKA_LOG"
+        if [[ ! -s $KAFKA_DIR/cluster.id ]]; then
+            kafka_tool kafka.tools.StorageTool random-uuid >"$KAFKA_DIR/cluster.id" 2>>"$KAFKA_LOG" ||
+                { rm -f "$KAFKA_DIR/cluster.id"; tail -n 20 "$KAFKA_LOG" >&2; die "kafka random-uuid failed"; }
+        fi
         kafka_tool kafka.tools.StorageTool format --ignore-formatted \
             -t "$(<"$KAFKA_DIR/cluster.id")" -c "$KAFKA_PROPS" >>"$KAFKA_LOG" 2>&1 ||
             { tail -n 20 "$KAFKA_LOG" >&2; die "kafka storage format failed"; }
@@ -88,7 +93,8 @@ kafka_up() {
         java -Xmx"$KAFKA_HEAP" -Xms"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
         -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties" \
         -cp "$KAFKA_DIR/libs/*" kafka.Kafka "$KAFKA_PROPS"
-    wait_ready kafka "$START_TIMEOUT" "$KAFKA_LOG" kafka_ready
+    save_addr kafka "$(kafka_addr)"
+    wait_ready kafka "$START_TIMEOUT" "$KAFKA_LOG" "$(<"$KAFKA_PIDFILE")" kafka_ready
 }
 
 kafka_down() {
@@ -96,12 +102,12 @@ kafka_down() {
     if pid=$(kafka_pid); then
         stop_pid "$pid" kafka
     fi
-    rm -f "$KAFKA_PIDFILE"
+    rm -f "$KAFKA_PIDFILE" "$RUN_DIR/kafka.addr"
 }
 
 kafka_status() {
     local pid=''
     pid=$(kafka_pid) || pid=''
-    print_status_line kafka "$pid" "127.0.0.1:$KAFKA_PORT (controller 127.0.0.1:$KAFKA_CONTROLLER_PORT)"
+    print_status_line kafka "$pid" "$(saved_addr kafka "$(kafka_addr)")"
     [[ -n $pid ]]
 }

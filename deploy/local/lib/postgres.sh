@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # PostgreSQL: a private cluster under $TALLY_HOME/pg, run as the `postgres`
 # OS user because postgres refuses to start as root.
 
@@ -14,7 +15,8 @@ pg_bin() {
         printf '%s\n' "$TALLY_PG_BIN"
         return
     fi
-    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+    # Newest installed major version; Debian 12 has only 15.
+    d=$(printf '%s\n' /usr/lib/postgresql/*/bin | grep -v '\*' | sort -V | tail -n1)
     [[ -n $d ]] || die "PostgreSQL binaries not found under /usr/lib/postgresql (run: stack.sh install)"
     printf '%s\n' "$d"
 }
@@ -24,19 +26,23 @@ as_pg() { runuser -u "$PG_USER" -- "$@"; }
 # postmaster.pid is written by postgres itself; its first line is the pid.
 pg_pid() { owned_pid "$PG_DATA/postmaster.pid" "$PG_DATA"; }
 
+pg_addr() { echo "postgres://tally@127.0.0.1:$PG_PORT/tally"; }
+
 pg_ready() { "$(pg_bin)/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 2; }
 
 # The postgres user must be able to reach $TALLY_HOME. A repo under a
 # 0700 home dir (e.g. /root) is not traversable; grant search (x) only,
 # never read, and say so.
 pg_make_reachable() {
-    local d=$TALLY_HOME
-    while [[ $d != / ]]; do
+    local d="" part parts
+    # Top-down: a dir is only testable once its parents are traversable.
+    IFS=/ read -ra parts <<<"${TALLY_HOME#/}"
+    for part in "${parts[@]}"; do
+        d=$d/$part
         if ! as_pg test -x "$d"; then
             say "note: chmod o+x $d so the postgres user can reach $PG_DATA"
             chmod o+x "$d"
         fi
-        d=$(dirname "$d")
     done
 }
 
@@ -61,30 +67,31 @@ pg_check_ports() {
 
 pg_up() {
     local bin
+    if pg_pid >/dev/null; then return 0; fi
     bin=$(pg_bin)
-    if ! pg_pid >/dev/null; then
-        id "$PG_USER" >/dev/null 2>&1 || die "OS user $PG_USER missing (is postgresql installed?)"
-        # Unix socket paths are limited to 107 bytes; fail clearly, not cryptically.
-        ((${#PG_SOCK_DIR} + 20 < 107)) || die "TALLY_HOME path too long for a unix socket: $PG_SOCK_DIR"
-        pg_check_ports
-        pg_make_reachable
-        mkdir -p "$PG_DATA" "$PG_SOCK_DIR"
-        chown "$PG_USER:" "$PG_DATA" "$PG_SOCK_DIR"
-        chmod 700 "$PG_DATA"
-        rotate_log "$PG_LOG"
-        install -o "$PG_USER" -m 644 /dev/null "$PG_LOG"
-        if [[ ! -s $PG_DATA/PG_VERSION ]]; then
-            as_pg "$bin/initdb" -D "$PG_DATA" --auth=trust -U postgres -E UTF8 \
-                --locale=C.UTF-8 >>"$PG_LOG" 2>&1 ||
-                { tail -n 20 "$PG_LOG" >&2; die "initdb failed"; }
-        fi
-        # Settings go on the command line, not into postgresql.conf, so the
-        # TALLY_PG_PORT of each `up` applies to an existing cluster too.
-        as_pg "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t "$START_TIMEOUT" \
-            -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k '$PG_SOCK_DIR'" start >/dev/null ||
-            { tail -n 40 "$PG_LOG" >&2; die "postgres did not start"; }
+    id "$PG_USER" >/dev/null 2>&1 || die "OS user $PG_USER missing (is postgresql installed?)"
+    # Unix socket paths are limited to 107 bytes; fail clearly, not cryptically.
+    ((${#PG_SOCK_DIR} + 20 < 107)) || die "TALLY_HOME path too long for a unix socket: $PG_SOCK_DIR"
+    pg_check_ports
+    pg_make_reachable
+    mkdir -p "$PG_DATA" "$PG_SOCK_DIR"
+    chown "$PG_USER:" "$PG_DATA" "$PG_SOCK_DIR"
+    chmod 700 "$PG_DATA"
+    rotate_log "$PG_LOG"
+    install -o "$PG_USER" -m 644 /dev/null "$PG_LOG"
+    if [[ ! -s $PG_DATA/PG_VERSION ]]; then
+        as_pg "$bin/initdb" -D "$PG_DATA" --auth=trust -U postgres -E UTF8 \
+            --locale=C.UTF-8 >>"$PG_LOG" 2>&1 ||
+            { tail -n 20 "$PG_LOG" >&2; die "initdb failed"; }
     fi
-    wait_ready postgres "$START_TIMEOUT" "$PG_LOG" pg_ready
+    # Settings go on the command line, not into postgresql.conf, so the
+    # TALLY_PG_PORT of each `up` applies to an existing cluster too.
+    # shellcheck disable=SC2094 # pg_ctl appends to the log; we only append too
+    as_pg "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t "$START_TIMEOUT" \
+        -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k '$PG_SOCK_DIR'" start >/dev/null 2>>"$PG_LOG" ||
+        { tail -n 40 "$PG_LOG" >&2; die "postgres did not start"; }
+    save_addr postgres "$(pg_addr)"
+    wait_ready postgres "$START_TIMEOUT" "$PG_LOG" '' pg_ready
     pg_ensure_tally_db
 }
 
@@ -92,11 +99,12 @@ pg_down() {
     pg_pid >/dev/null || return 0
     as_pg "$(pg_bin)/pg_ctl" -D "$PG_DATA" -m fast -w -t "$STOP_TIMEOUT" stop >/dev/null ||
         warn "pg_ctl stop failed; see $PG_LOG"
+    rm -f "$RUN_DIR/postgres.addr"
 }
 
 pg_status() {
     local pid=''
     pid=$(pg_pid) || pid=''
-    print_status_line postgres "$pid" "postgres://tally@127.0.0.1:$PG_PORT/tally"
+    print_status_line postgres "$pid" "$(saved_addr postgres "$(pg_addr)")"
     [[ -n $pid ]]
 }
