@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Context as _};
+use anyhow::{anyhow, bail, ensure, Context as _};
 use chrono::{DateTime, FixedOffset, Utc};
 use rand::distr::weighted::WeightedIndex;
 use rand::distr::Distribution;
@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::Zipf;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{ClientConfig, Message as _};
 use serde_json::{json, Map, Value};
 use tokio::task::JoinSet;
@@ -25,7 +25,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::info;
 use uuid::Uuid;
 
-/// Flags of `tally produce`.
+/// Send synthetic user events to Kafka (load generator; see docs/events.md).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProduceArgs {
     /// Total number of events to send; 0 sends until Ctrl-C.
@@ -229,7 +229,9 @@ impl GeneratedEvent {
                 return bytes[..bytes.len() / 2].to_vec();
             }
             Some(Defect::MissingEventType) => {
-                v.as_object_mut().map(|o| o.remove("event_type"));
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("event_type");
+                }
             }
             Some(Defect::BadTimestamp) => v["timestamp"] = json!("2024-13-45T99:00:00Z"),
             Some(Defect::EmptyUserId) => v["user_id"] = json!(""),
@@ -349,56 +351,53 @@ impl EventGenerator {
         out
     }
 
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.rng.random_range(0..items.len())]
+    }
+
+    /// Small, type-specific metadata; always `device` and `path`.
     fn metadata(&mut self, event_type: &str, device: &str) -> Value {
         let mut m = Map::new();
         m.insert("device".into(), json!(device));
-        let page = PAGES[self.rng.random_range(0..PAGES.len())].to_string();
-        let product = self.rng.random_range(1..=500u32);
+        let page = self.pick(&PAGES).to_string();
+        let n = self.rng.random_range(1..=500u32);
+        let mut put = |k: &str, v: Value| m.insert(k.into(), v);
         let path = match event_type {
             "page_view" => {
-                let referrer = self
-                    .rng
-                    .random_bool(0.4)
-                    .then(|| REFERRERS[self.rng.random_range(0..REFERRERS.len())]);
-                m.insert("referrer".into(), json!(referrer));
+                let referrer = self.rng.random_bool(0.4).then(|| self.pick(&REFERRERS));
+                put("referrer", json!(referrer));
                 page
             }
             "click" => {
-                m.insert(
-                    "element".into(),
-                    json!(["nav", "banner", "card", "footer"][product as usize % 4]),
+                put(
+                    "element",
+                    json!(["nav", "banner", "card", "footer"][n as usize % 4]),
                 );
+                page
+            }
+            "share" => {
+                put("channel", json!(["email", "x", "whatsapp"][n as usize % 3]));
                 page
             }
             "search" => {
-                m.insert(
-                    "query".into(),
-                    json!(QUERIES[self.rng.random_range(0..QUERIES.len())]),
-                );
+                put("query", json!(self.pick(&QUERIES)));
                 "/search".into()
             }
             "add_to_cart" | "remove_from_cart" => {
-                m.insert("product_id".into(), json!(format!("p{product}")));
-                format!("/product/p{product}")
+                put("product_id", json!(format!("p{n}")));
+                format!("/product/p{n}")
             }
             "purchase" => {
-                m.insert(
-                    "amount_cents".into(),
+                put(
+                    "amount_cents",
                     json!(self.rng.random_range(199..=49_999u32)),
                 );
-                m.insert("currency".into(), json!("EUR"));
+                put("currency", json!("EUR"));
                 "/checkout/complete".into()
             }
             "video_play" => {
-                m.insert("video_id".into(), json!(format!("v{}", product % 50)));
-                format!("/video/v{}", product % 50)
-            }
-            "share" => {
-                m.insert(
-                    "channel".into(),
-                    json!(["email", "x", "whatsapp"][product as usize % 3]),
-                );
-                page
+                put("video_id", json!(format!("v{}", n % 50)));
+                format!("/video/v{}", n % 50)
             }
             other => format!("/{other}"),
         };
@@ -411,7 +410,10 @@ const MAX_IN_FLIGHT: usize = 10_000;
 const TICK: Duration = Duration::from_millis(10);
 /// Events per loop iteration with `--rate 0`, between Ctrl-C checks.
 const UNLIMITED_BATCH: u64 = 1_000;
+/// Most events per loop iteration when catching up with `--rate` (keeps Ctrl-C responsive).
+const MAX_BATCH: u64 = 10_000;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends `args.count` generated events (or until Ctrl-C) to `topic`, then waits for every
 /// delivery. Fails on the first event Kafka did not acknowledge.
@@ -419,62 +421,21 @@ pub async fn run(args: &ProduceArgs, brokers: &str, topic: &str) -> anyhow::Resu
     let seed = args.seed.unwrap_or_else(rand::random);
     let config = GeneratorConfig::from_args(args, Utc::now().timestamp_millis(), seed);
     let mut generator = EventGenerator::new(&config)?;
-    let live_clock = args.start.is_none();
+    let producer = build_producer(brokers)?;
+    check_topic(&producer, topic).await?;
+    let (count, rate) = (args.count, args.rate);
+    info!(brokers, topic, count, rate, seed, "producing events");
+
     let mut sender = Sender {
-        producer: build_producer(brokers)?,
+        producer,
         topic,
         in_flight: InFlight::default(),
+        invalid: 0,
     };
-    info!(
-        brokers,
-        topic,
-        count = args.count,
-        rate = args.rate,
-        seed,
-        "producing events"
-    );
-
     let started = Instant::now();
-    let mut progress = (started, 0u64);
-    let mut ticker = tokio::time::interval(TICK);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let (mut invalid, mut interrupted) = (0u64, false);
-    while args.count == 0 || sender.queued() < args.count {
-        tokio::select! {
-            biased;
-            res = &mut ctrl_c => {
-                res.context("listening for ctrl-c")?;
-                info!("ctrl-c: stopping after in-flight events are delivered");
-                interrupted = true;
-                break;
-            }
-            _ = pace(&mut ticker, args.rate) => {}
-        }
-        if live_clock {
-            generator.advance_clock_to(Utc::now().timestamp_millis());
-        }
-        for _ in 0..batch_size(args, sender.queued(), started.elapsed()) {
-            let event = generator.next_event();
-            invalid += u64::from(event.defect.is_some());
-            sender.send(&event).await?;
-        }
-        sender.in_flight.reap()?;
-        if progress.0.elapsed() >= PROGRESS_EVERY {
-            let sent = sender.in_flight.delivered;
-            let rate = (sent - progress.1) as f64 / progress.0.elapsed().as_secs_f64();
-            info!(
-                sent,
-                in_flight = sender.in_flight.set.len(),
-                rate = rate.round(),
-                "progress"
-            );
-            progress = (Instant::now(), sent);
-        }
-    }
+    let interrupted = send_until_done(args, &mut generator, &mut sender, started).await?;
     sender.in_flight.drain().await?;
-    let sent = sender.in_flight.delivered;
+    let (sent, invalid) = (sender.in_flight.delivered, sender.invalid);
     let report = ProduceReport {
         sent,
         invalid,
@@ -484,6 +445,60 @@ pub async fn run(args: &ProduceArgs, brokers: &str, topic: &str) -> anyhow::Resu
     };
     info!(sent, invalid, seed, "{report}");
     Ok(report)
+}
+
+/// The paced send loop; returns true when Ctrl-C ended it before `--count`.
+async fn send_until_done(
+    args: &ProduceArgs,
+    generator: &mut EventGenerator,
+    sender: &mut Sender<'_>,
+    started: Instant,
+) -> anyhow::Result<bool> {
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut progress = Progress {
+        since: started,
+        sent: 0,
+    };
+    while args.count == 0 || sender.queued() < args.count {
+        tokio::select! {
+            biased;
+            res = &mut ctrl_c => {
+                res.context("listening for ctrl-c")?;
+                info!("ctrl-c: stopping after in-flight events are delivered");
+                return Ok(true);
+            }
+            _ = pace(&mut ticker, args.rate) => {}
+        }
+        if args.start.is_none() {
+            generator.advance_clock_to(Utc::now().timestamp_millis());
+        }
+        for _ in 0..batch_size(args, sender.queued(), started.elapsed()) {
+            sender.send(&generator.next_event()).await?;
+        }
+        sender.in_flight.reap()?;
+        progress.log_every(PROGRESS_EVERY, &sender.in_flight);
+    }
+    Ok(false)
+}
+
+struct Progress {
+    since: Instant,
+    sent: u64,
+}
+
+impl Progress {
+    fn log_every(&mut self, period: Duration, in_flight: &InFlight) {
+        let elapsed = self.since.elapsed();
+        if elapsed >= period {
+            let sent = in_flight.delivered;
+            let rate = ((sent - self.sent) as f64 / elapsed.as_secs_f64()).round();
+            info!(sent, in_flight = in_flight.set.len(), rate, "progress");
+            (self.since, self.sent) = (Instant::now(), sent);
+        }
+    }
 }
 
 async fn pace(ticker: &mut tokio::time::Interval, rate: u64) {
@@ -505,7 +520,7 @@ fn batch_size(args: &ProduceArgs, queued: u64, elapsed: Duration) -> u64 {
     } else {
         due.min(args.count)
     };
-    due.saturating_sub(queued)
+    due.saturating_sub(queued).min(MAX_BATCH)
 }
 
 fn build_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
@@ -522,10 +537,36 @@ fn build_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
         .with_context(|| format!("creating Kafka producer for brokers {brokers}"))
 }
 
+/// Fails fast with a clear message when the brokers are unreachable or the topic is missing
+/// (the local stack does not auto-create topics).
+async fn check_topic(producer: &FutureProducer, topic: &str) -> anyhow::Result<()> {
+    let (client, name) = (producer.clone(), topic.to_owned());
+    let metadata = tokio::task::spawn_blocking(move || {
+        client
+            .client()
+            .fetch_metadata(Some(&name), METADATA_TIMEOUT)
+    })
+    .await?
+    .with_context(|| format!("fetching metadata for topic {topic}"))?;
+    match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+        Some(t) => match t.error() {
+            Some(err) => bail!(
+                "topic {topic} is not usable: {}",
+                RDKafkaErrorCode::from(err)
+            ),
+            None => bail!("topic {topic} has no partitions"),
+        },
+        None => bail!("topic {topic} not found in broker metadata"),
+    }
+}
+
 struct Sender<'a> {
     producer: FutureProducer,
     topic: &'a str,
     in_flight: InFlight,
+    /// Deliberately malformed events enqueued.
+    invalid: u64,
 }
 
 impl Sender<'_> {
@@ -548,6 +589,7 @@ impl Sender<'_> {
             match self.producer.send_result(record) {
                 Ok(delivery) => {
                     self.in_flight.set.spawn(confirm(delivery));
+                    self.invalid += u64::from(event.defect.is_some());
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
@@ -897,5 +939,7 @@ mod tests {
         assert_eq!(batch_size(&a, 1_400, Duration::from_secs(5)), 100);
         let unlimited = args(&["--rate", "0", "--count", "0"]).expect("ok");
         assert_eq!(batch_size(&unlimited, 5, Duration::ZERO), UNLIMITED_BATCH);
+        let behind = args(&["--rate", "1000000", "--count", "0"]).expect("ok");
+        assert_eq!(batch_size(&behind, 0, Duration::from_secs(1)), MAX_BATCH);
     }
 }

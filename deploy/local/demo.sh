@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Tally's demo: the whole system on this machine, with synthetic events flowing.
+#
+# Usage: demo.sh [start|stop|status]   (default: start)
+#
+#   start   stack.sh up; build the release binary; tally migrate; start
+#           `tally all` (pipeline + API) and `tally produce` (200 events/s) in
+#           the background; print a sample report and where everything is.
+#           Processes already started by an earlier `start` are kept.
+#   stop    stop `tally produce` and `tally all` (which drains to ClickHouse
+#           and saves progress first), then stack.sh down.
+#   status  show the demo's processes and the stack.
+#
+# Environment: everything stack.sh reads (TALLY_HOME, TALLY_KAFKA_PORT, ...)
+# and Tally's own overrides TALLY_<SECTION>__<KEY>; TALLY_API__LISTEN
+# (default 127.0.0.1:8080) is also where this script looks for the API.
+# Logs: $TALLY_HOME/log/{tally,produce}.log; pids: $TALLY_HOME/run/.
+set -euo pipefail
+
+DEPLOY_DIR=$(cd "$(dirname "$0")" && pwd)
+REPO_ROOT=$(cd "$DEPLOY_DIR/../.." && pwd)
+cd "$REPO_ROOT"
+
+export TALLY_HOME=${TALLY_HOME:-$REPO_ROOT/.tally}
+mkdir -p "$TALLY_HOME"
+TALLY_HOME=$(cd "$TALLY_HOME" && pwd)
+RUN_DIR=$TALLY_HOME/run
+LOG_DIR=$TALLY_HOME/log
+STOP_TIMEOUT=150 # `tally all` may spend up to 120 s draining to ClickHouse
+BIN=$REPO_ROOT/target/release/tally
+STACK=(bash "$DEPLOY_DIR/stack.sh")
+TALLY_PIDFILE=$RUN_DIR/tally.pid
+PRODUCE_PIDFILE=$RUN_DIR/produce.pid
+TALLY_LOG=$LOG_DIR/tally.log
+PRODUCE_LOG=$LOG_DIR/produce.log
+
+# owned_pid, port_open, spawn, stop_pid, rotate_log
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+. "$DEPLOY_DIR/lib/common.sh"
+
+step() { printf '\n==> %s\n' "$*"; }
+fail() { printf 'demo.sh: %s\n' "$*" >&2; exit 1; }
+
+# Where to reach the API: the listen address, with a wildcard host replaced.
+LISTEN=${TALLY_API__LISTEN:-127.0.0.1:8080}
+API_PORT=${LISTEN##*:}
+API_HOST=${LISTEN%:*}
+case $API_HOST in 0.0.0.0 | '[::]') API_HOST=127.0.0.1 ;; esac
+API=http://$API_HOST:$API_PORT
+
+# Like test.sh: when a stack port is moved, Tally follows unless told otherwise.
+if [[ -n ${TALLY_KAFKA_PORT:-} && -z ${TALLY_KAFKA__BROKERS:-} ]]; then
+    export TALLY_KAFKA__BROKERS=127.0.0.1:$TALLY_KAFKA_PORT
+fi
+if [[ -n ${TALLY_CLICKHOUSE_HTTP_PORT:-} && -z ${TALLY_CLICKHOUSE__URL:-} ]]; then
+    export TALLY_CLICKHOUSE__URL=http://127.0.0.1:$TALLY_CLICKHOUSE_HTTP_PORT
+fi
+if [[ -n ${TALLY_PG_PORT:-} && -z ${TALLY_POSTGRES__URL:-} ]]; then
+    export TALLY_POSTGRES__URL=postgres://tally@127.0.0.1:$TALLY_PG_PORT/tally
+fi
+
+# The pid of our `tally all` / `tally produce`, if it runs. The marker (binary
+# path + subcommand) keeps us from ever signalling someone else's process.
+tally_pid() { owned_pid "$TALLY_PIDFILE" "$BIN all"; }
+produce_pid() { owned_pid "$PRODUCE_PIDFILE" "$BIN produce"; }
+
+healthy() { curl -sf -o /dev/null --max-time 2 "$API/healthz"; }
+
+wait_healthy() { # pid
+    local deadline=$((SECONDS + 90))
+    until healthy; do
+        if ! kill -0 "$1" 2>/dev/null; then
+            tail -n 40 "$TALLY_LOG" >&2
+            fail "tally all exited during startup (log: $TALLY_LOG)"
+        fi
+        if ((SECONDS >= deadline)); then
+            tail -n 40 "$TALLY_LOG" >&2
+            fail "the API did not answer $API/healthz within 90 s (log: $TALLY_LOG)"
+        fi
+        sleep 1
+    done
+}
+
+# GET a URL and pretty-print the JSON answer (or show the error as is).
+show() { # url
+    local body code
+    body=$(curl -sS --max-time 10 -w '\n%{http_code}' "$1") || {
+        echo "(request failed)"
+        return 0
+    }
+    code=${body##*$'\n'}
+    body=${body%$'\n'*}
+    echo "GET $1  -> HTTP $code"
+    if command -v python3 >/dev/null && python3 -m json.tool <<<"$body" 2>/dev/null; then
+        return 0
+    fi
+    printf '%s\n' "$body"
+}
+
+start_tally() {
+    local pid
+    if pid=$(tally_pid); then
+        echo "tally all already running (pid $pid)"
+    else
+        if port_open "$API_PORT"; then
+            fail "port $API_PORT is in use by another process; stop it or set TALLY_API__LISTEN"
+        fi
+        rotate_log "$TALLY_LOG"
+        spawn "$TALLY_PIDFILE" "$TALLY_LOG" "$BIN" all
+        pid=$(<"$TALLY_PIDFILE")
+        echo "started tally all (pid $pid)"
+    fi
+    wait_healthy "$pid"
+    echo "API healthy at $API"
+}
+
+start_produce() {
+    local pid
+    if pid=$(produce_pid); then
+        echo "tally produce already running (pid $pid)"
+        return 0
+    fi
+    rotate_log "$PRODUCE_LOG"
+    spawn "$PRODUCE_PIDFILE" "$PRODUCE_LOG" "$BIN" produce --rate 200 --count 0
+    pid=$(<"$PRODUCE_PIDFILE")
+    sleep 2
+    if ! kill -0 "$pid" 2>/dev/null; then
+        tail -n 20 "$PRODUCE_LOG" >&2
+        fail "tally produce exited (log: $PRODUCE_LOG)"
+    fi
+    echo "started tally produce --rate 200 --count 0 (pid $pid)"
+}
+
+print_sample() {
+    local now from10 to1 from60
+    now=$(date -u +%s)
+    from10=$(date -u -d "@$((now - 600))" +%FT%TZ)
+    from60=$(date -u -d "@$((now - 3600))" +%FT%TZ)
+    to1=$(date -u -d "@$((now + 60))" +%FT%TZ)
+    step "events per minute, last 10 minutes (the newest minutes are provisional)"
+    show "$API/reports?metric=events&window=1m&from=$from10&to=$to1"
+    step "exact totals over raw events, last hour"
+    show "$API/reports/summary?from=$from60&to=$to1"
+}
+
+cmd_start() {
+    step "local stack (Kafka, ClickHouse, PostgreSQL)"
+    "${STACK[@]}" up
+    mkdir -p "$RUN_DIR" "$LOG_DIR"
+
+    step "cargo build --release (the first build compiles librdkafka: several minutes)"
+    cargo build --release
+
+    step "tally migrate"
+    "$BIN" migrate
+
+    step "tally all (pipeline + API)"
+    start_tally
+
+    step "tally produce (synthetic events, 200/s, until stopped)"
+    start_produce
+
+    step "letting events flow for 15 s"
+    sleep 15
+    print_sample
+
+    cat <<EOF
+
+Tally is running.
+  API        $API   (POST /events, GET /reports, GET /reports/summary, GET /healthz)
+  metrics    $API/metrics
+  logs       $TALLY_LOG, $PRODUCE_LOG, services in $LOG_DIR/
+  stop       bash deploy/local/demo.sh stop    (stops tally, produce and the stack)
+EOF
+}
+
+cmd_stop() {
+    local pid
+    if pid=$(produce_pid); then
+        echo "stopping tally produce (pid $pid)"
+        # On SIGINT produce waits for its in-flight sends; SIGTERM only if it hangs.
+        kill -INT "$pid" 2>/dev/null || true
+        for _ in {1..20}; do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        stop_pid "$pid" "tally produce"
+    fi
+    if pid=$(tally_pid); then
+        echo "stopping tally all (pid $pid): draining to ClickHouse, saving progress"
+        stop_pid "$pid" "tally all"
+    fi
+    rm -f "$PRODUCE_PIDFILE" "$TALLY_PIDFILE"
+    "${STACK[@]}" down
+}
+
+cmd_status() {
+    local pid rc=0
+    if pid=$(tally_pid); then echo "tally all      running  pid $pid  $API"; else echo "tally all      stopped" && rc=3; fi
+    if pid=$(produce_pid); then echo "tally produce  running  pid $pid"; else echo "tally produce  stopped" && rc=3; fi
+    "${STACK[@]}" status || rc=3
+    return "$rc"
+}
+
+case ${1:-start} in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    *)
+        echo "usage: $(basename "$0") [start|stop|status]" >&2
+        exit 2
+        ;;
+esac

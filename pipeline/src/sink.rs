@@ -1,0 +1,195 @@
+//! The timely operator that writes to ClickHouse.
+//!
+//! It buffers rows (bounded by rows and by time), writes a batch on the tokio runtime, and holds
+//! a capability for the batch's earliest time until ClickHouse acknowledged it. A probe on its
+//! output therefore shows the *acknowledged frontier*: every row with an earlier time is stored.
+//! The source commits Kafka offsets only up to what that frontier covers.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tally_operators::RollupRow;
+use tally_sinks::clickhouse::{ClickHouseWriter, EventRow, RollupRecord};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+use timely::scheduling::Activator;
+
+use crate::metrics::Metrics;
+
+/// A row bound for ClickHouse.
+#[derive(Clone, Debug)]
+pub enum SinkRecord {
+    /// A raw event.
+    Event(EventRow),
+    /// A rollup value.
+    Rollup(RollupRow),
+}
+
+/// Batches in flight at once per worker.
+const MAX_IN_FLIGHT: usize = 4;
+const PENDING: u8 = 0;
+const DONE: u8 = 1;
+const FAILED: u8 = 2;
+
+/// What the sink needs from the runtime.
+#[derive(Clone)]
+pub struct SinkContext {
+    /// The writer.
+    pub writer: ClickHouseWriter,
+    /// Where inserts run.
+    pub runtime: tokio::runtime::Handle,
+    /// A batch is written when it has this many rows...
+    pub batch_rows: usize,
+    /// ...or its first row has waited this long.
+    pub batch_wait: Duration,
+    /// Set at shutdown: write whatever is buffered now.
+    pub flush_all: Rc<Cell<bool>>,
+    /// Rows buffered or in flight (the source pauses reading above a limit).
+    pub backlog: Arc<AtomicUsize>,
+    /// The first non-retryable error, which stops the pipeline.
+    pub fatal: Arc<Mutex<Option<String>>>,
+    /// Filled in when the operator is built, so the runtime can wake it (e.g. at shutdown).
+    pub activator: Rc<RefCell<Option<Activator>>>,
+}
+
+#[derive(Default)]
+struct Batch {
+    cap: Option<Capability<u64>>,
+    started: Option<Instant>,
+    events: Vec<EventRow>,
+    rollups: HashMap<(u8, u64, Option<String>), RollupRecord>,
+    last_version: u64,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.events.len() + self.rollups.len()
+    }
+
+    fn add_rollup(&mut self, row: RollupRow) {
+        // Versions come from the wall clock so they keep increasing across restarts.
+        let now = u64::try_from(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)).unwrap_or(0);
+        self.last_version = now.max(self.last_version + 1);
+        let key = row.key;
+        let record = RollupRecord {
+            granularity: key.window.label().to_owned(),
+            window_start: u32::try_from(key.start_ms / 1000).unwrap_or(u32::MAX),
+            event_type: key.event_type.clone().unwrap_or_default(),
+            events: row.events,
+            unique_users: row.unique_users,
+            unique_sessions: row.unique_sessions,
+            unique_event_types: row.unique_event_types,
+            is_final: u8::from(row.is_final),
+            version: self.last_version,
+        };
+        self.rollups.insert((key.window.index() as u8, key.start_ms, key.event_type), record);
+    }
+}
+
+/// Writes `stream` to ClickHouse; the returned stream carries no data, only the acknowledged
+/// frontier (attach a probe to it).
+pub fn clickhouse_sink<'scope>(
+    stream: StreamVec<'scope, u64, SinkRecord>,
+    ctx: SinkContext,
+) -> StreamVec<'scope, u64, ()> {
+    let scope = stream.scope();
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Pipeline,
+        "ClickHouseSink",
+        move |_cap, info| {
+            let activator = scope.activator_for(Rc::clone(&info.address));
+            *ctx.activator.borrow_mut() = Some(activator.clone());
+            let waker = scope.worker().sync_activator_for(info.address.to_vec());
+            let mut batch = Batch::default();
+            let mut in_flight: Vec<(Capability<u64>, Arc<AtomicU8>, usize)> = Vec::new();
+            move |(input, _frontier), _output| {
+                input.for_each(|cap, data| {
+                    let earlier = match (&batch.cap, cap.least()) {
+                        (Some(held), Some(t)) => t < held.time(),
+                        _ => true,
+                    };
+                    if earlier {
+                        batch.cap = cap.retain_least(0);
+                    }
+                    for record in data.drain(..) {
+                        match record {
+                            SinkRecord::Event(e) => batch.events.push(e),
+                            SinkRecord::Rollup(r) => batch.add_rollup(r),
+                        }
+                    }
+                    batch.started.get_or_insert_with(Instant::now);
+                });
+                in_flight.retain(|(_, status, _)| status.load(Ordering::Acquire) != DONE);
+                if let Some(started) = batch.started {
+                    let waited = started.elapsed();
+                    let due = batch.len() >= ctx.batch_rows
+                        || waited >= ctx.batch_wait
+                        || ctx.flush_all.get();
+                    if due && in_flight.len() < MAX_IN_FLIGHT {
+                        let taken = std::mem::take(&mut batch);
+                        batch.last_version = taken.last_version;
+                        in_flight.push(spawn_write(taken, &ctx, waker.clone()));
+                    } else if !due {
+                        activator.activate_after(ctx.batch_wait - waited);
+                    }
+                }
+                let flying: usize = in_flight.iter().map(|(_, _, n)| n).sum();
+                ctx.backlog.store(batch.len() + flying, Ordering::Relaxed);
+            }
+        },
+    )
+}
+
+fn spawn_write(
+    batch: Batch,
+    ctx: &SinkContext,
+    waker: timely::scheduling::SyncActivator,
+) -> (Capability<u64>, Arc<AtomicU8>, usize) {
+    let Batch { cap, events, rollups, .. } = batch;
+    let rows = events.len() + rollups.len();
+    let status = Arc::new(AtomicU8::new(PENDING));
+    let (writer, fatal, done) = (ctx.writer.clone(), Arc::clone(&ctx.fatal), Arc::clone(&status));
+    let rollups: Vec<RollupRecord> = rollups.into_values().collect();
+    ctx.runtime.spawn(async move {
+        let metrics = Metrics::get();
+        let result = async {
+            for (table, n, write) in [("events", events.len(), true), ("rollups", rollups.len(), false)] {
+                if n == 0 {
+                    continue;
+                }
+                let started = Instant::now();
+                if write {
+                    writer.write_events(&events).await?;
+                } else {
+                    writer.write_rollups(&rollups).await?;
+                }
+                metrics.sink_batch_rows.with_label_values(&[table]).observe(n as f64);
+                let secs = started.elapsed().as_secs_f64();
+                metrics.sink_batch_seconds.with_label_values(&[table]).observe(secs);
+            }
+            Ok::<(), tally_sinks::SinkError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => done.store(DONE, Ordering::Release),
+            Err(e) => {
+                tracing::error!(error = %e, "clickhouse write failed permanently; stopping the pipeline");
+                if let Ok(mut slot) = fatal.lock() {
+                    slot.get_or_insert_with(|| e.to_string());
+                }
+                done.store(FAILED, Ordering::Release);
+            }
+        }
+        let _ = waker.activate();
+    });
+    // A batch always has a capability: it is taken with its first record.
+    let cap = cap.unwrap_or_else(|| unreachable!("a non-empty batch holds a capability"));
+    (cap, status, rows)
+}

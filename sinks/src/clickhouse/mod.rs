@@ -1,0 +1,16 @@
+//! ClickHouse: connection, feature detection, schema migrations, row types and the batch writer.
+//!
+//! Everything here runs on ClickHouse 18.16 (what Debian ships) and on current releases. What
+//! differs is detected by asking the server, never assumed from a version number.
+
+mod client;
+mod config;
+mod rows;
+mod schema;
+mod writer;
+
+pub use client::{connect, Features};
+pub use config::ClickHouseConfig;
+pub use rows::{EventRow, RollupRecord};
+pub use schema::{drop_expired_partitions, migrate, MigrationReport};
+pub use writer::ClickHouseWriter;

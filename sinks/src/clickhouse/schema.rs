@@ -1,0 +1,176 @@
+//! ClickHouse schema: versioned migrations recorded in `tally_migrations`, and retention.
+//!
+//! `events` is a ReplacingMergeTree keyed by `(event_type, timestamp, event_id)`: report queries
+//! filter by time range and optionally one event type, and a replayed event (same id, same time)
+//! collapses into one row (read with `FINAL` for exact counts). `rollups` keeps every version
+//! of an aggregate; readers take `argMax(value, version)` per window.
+
+use clickhouse::Client;
+use serde::Deserialize;
+
+use super::client::{connect, Features};
+use super::config::ClickHouseConfig;
+use crate::SinkError;
+
+/// What `migrate` found and did.
+#[derive(Clone, Debug)]
+pub struct MigrationReport {
+    /// What the server supports.
+    pub features: Features,
+    /// Migrations applied by this call, by name.
+    pub applied: Vec<&'static str>,
+}
+
+struct Migration {
+    id: u32,
+    name: &'static str,
+    sql: fn(&ClickHouseConfig, &Features) -> String,
+}
+
+const MIGRATIONS: &[Migration] = &[
+    Migration { id: 1, name: "create events", sql: events_ddl },
+    Migration { id: 2, name: "create rollups", sql: rollups_ddl },
+];
+
+fn events_ddl(config: &ClickHouseConfig, features: &Features) -> String {
+    let ttl = if features.ttl {
+        format!("TTL timestamp + INTERVAL {} DAY", config.retention_days)
+    } else {
+        String::new()
+    };
+    format!(
+        "CREATE TABLE IF NOT EXISTS {db}.events (
+            event_id String,
+            event_type String,
+            user_id String,
+            session_id String,
+            timestamp DateTime,
+            timestamp_ms Int64,
+            metadata String,
+            ingested_at DateTime,
+            kafka_partition Int32,
+            kafka_offset Int64
+        ) ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(timestamp)
+        ORDER BY (event_type, timestamp, event_id)
+        {ttl}",
+        db = config.database
+    )
+}
+
+fn rollups_ddl(config: &ClickHouseConfig, _features: &Features) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {db}.rollups (
+            granularity String,
+            window_start DateTime,
+            event_type String,
+            events UInt64,
+            unique_users UInt64,
+            unique_sessions UInt64,
+            unique_event_types UInt64,
+            is_final UInt8,
+            version UInt64
+        ) ENGINE = ReplacingMergeTree(version)
+        PARTITION BY toYYYYMM(window_start)
+        ORDER BY (granularity, event_type, window_start)",
+        db = config.database
+    )
+}
+
+/// Creates the database and applies every migration not yet recorded. Idempotent.
+pub async fn migrate(config: &ClickHouseConfig) -> Result<MigrationReport, SinkError> {
+    let client = connect(config, false);
+    let db = &config.database;
+    exec(&client, &format!("CREATE DATABASE IF NOT EXISTS {db}"), "creating the database").await?;
+    let ledger = format!(
+        "CREATE TABLE IF NOT EXISTS {db}.tally_migrations (
+            id UInt32, name String, applied_at DateTime
+        ) ENGINE = MergeTree ORDER BY id"
+    );
+    exec(&client, &ledger, "creating tally_migrations").await?;
+    let features = Features::detect(&client, db).await?;
+    let done: Vec<u32> = client
+        .query(&format!("SELECT id FROM {db}.tally_migrations"))
+        .fetch_all()
+        .await
+        .map_err(|e| SinkError::clickhouse("reading applied migrations", e))?;
+    let mut applied = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.id)) {
+        exec(&client, &(m.sql)(config, &features), m.name).await?;
+        let record = format!(
+            "INSERT INTO {db}.tally_migrations (id, name, applied_at) VALUES ({}, '{}', now())",
+            m.id, m.name
+        );
+        exec(&client, &record, "recording a migration").await?;
+        applied.push(m.name);
+    }
+    Ok(MigrationReport { features, applied })
+}
+
+async fn exec(client: &Client, sql: &str, context: &str) -> Result<(), SinkError> {
+    client.query(sql).execute().await.map_err(|e| SinkError::clickhouse(context, e))
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct PartitionRow {
+    partition: String,
+}
+
+/// Retention where the server has no TTL: drops every monthly partition of `events` whose
+/// newest possible row is older than `retention_days` before `now_secs`. Returns the dropped
+/// partitions (`YYYYMM`).
+pub async fn drop_expired_partitions(
+    client: &Client,
+    config: &ClickHouseConfig,
+    now_secs: i64,
+) -> Result<Vec<u32>, SinkError> {
+    let db = &config.database;
+    let parts: Vec<PartitionRow> = client
+        .query("SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = 'events' AND active")
+        .bind(db.as_str())
+        .fetch_all()
+        .await
+        .map_err(|e| SinkError::clickhouse("listing partitions", e))?;
+    let cutoff = now_secs - i64::from(config.retention_days) * 86_400;
+    let mut dropped = Vec::new();
+    for p in parts {
+        let Some(yyyymm) = p.partition.trim_matches('\'').parse::<u32>().ok() else { continue };
+        if month_end_secs(yyyymm).is_some_and(|end| end <= cutoff) {
+            let sql = format!("ALTER TABLE {db}.events DROP PARTITION {yyyymm}");
+            exec(client, &sql, "dropping an expired partition").await?;
+            dropped.push(yyyymm);
+        }
+    }
+    Ok(dropped)
+}
+
+/// First second after the month `yyyymm` (UTC), or `None` for a malformed value.
+fn month_end_secs(yyyymm: u32) -> Option<i64> {
+    let (year, month) = (i32::try_from(yyyymm / 100).ok()?, yyyymm % 100);
+    let (y, m) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    let first = chrono::NaiveDate::from_ymd_opt(y, m, 1)?;
+    Some(first.and_hms_opt(0, 0, 0)?.and_utc().timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn month_end() {
+        // 2024-03 ends at 2024-04-01T00:00:00Z.
+        assert_eq!(month_end_secs(202403), Some(1_711_929_600));
+        // December rolls the year: 2023-12 ends at 2024-01-01T00:00:00Z.
+        assert_eq!(month_end_secs(202312), Some(1_704_067_200));
+        assert_eq!(month_end_secs(202313), None);
+    }
+
+    #[test]
+    fn ttl_only_when_supported() {
+        let config = ClickHouseConfig::default();
+        let mut f = Features { version: "x".into(), ttl: false };
+        assert!(!events_ddl(&config, &f).contains("TTL"));
+        f.ttl = true;
+        assert!(events_ddl(&config, &f).contains("TTL timestamp + INTERVAL 365 DAY"));
+    }
+}

@@ -1,0 +1,31 @@
+//! PostgreSQL: the platform's own records (applied migrations, pipeline progress).
+
+mod config;
+mod progress;
+mod schema;
+
+pub use config::PostgresConfig;
+pub use progress::{load_progress, save_progress, Progress};
+pub use schema::migrate;
+
+/// Opens a connection pool.
+pub async fn connect(config: &PostgresConfig) -> Result<sqlx::PgPool, crate::SinkError> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(&config.url)
+        .await
+        .map_err(|e| crate::SinkError::postgres(format!("connecting to {}", redact(&config.url)), e))
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}

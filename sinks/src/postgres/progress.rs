@@ -1,0 +1,85 @@
+//! Pipeline progress: the Kafka offsets to resume from and the acknowledged frontier.
+//!
+//! Both are written in one transaction after ClickHouse acknowledged everything they cover, so a
+//! restart resumes from a consistent point: every window that closed before the frontier is in
+//! ClickHouse in its final form, and every event of a window still open is at or after the saved
+//! offsets.
+
+use std::collections::HashMap;
+
+use sqlx::PgPool;
+
+use crate::SinkError;
+
+/// Saved progress of one pipeline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Next offset to read, per (topic, partition).
+    pub offsets: HashMap<(String, i32), i64>,
+    /// Watermark time before which every output is acknowledged, if any was saved.
+    pub acked_frontier_ms: Option<u64>,
+}
+
+/// Loads the progress of `pipeline`.
+pub async fn load_progress(pool: &PgPool, pipeline: &str) -> Result<Progress, SinkError> {
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT topic, partition, next_offset FROM pipeline_offsets WHERE pipeline = $1",
+    )
+    .bind(pipeline)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| SinkError::postgres("loading offsets", e))?;
+    let frontier: Option<i64> = sqlx::query_scalar(
+        "SELECT acked_frontier_ms FROM pipeline_frontiers WHERE pipeline = $1",
+    )
+    .bind(pipeline)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| SinkError::postgres("loading the frontier", e))?;
+    Ok(Progress {
+        offsets: rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
+        acked_frontier_ms: frontier.and_then(|f| u64::try_from(f).ok()),
+    })
+}
+
+/// Saves offsets for some partitions of `topic` and raises the frontier (never lowers it), in
+/// one transaction.
+pub async fn save_progress(
+    pool: &PgPool,
+    pipeline: &str,
+    topic: &str,
+    offsets: &[(i32, i64)],
+    acked_frontier_ms: u64,
+) -> Result<(), SinkError> {
+    let ctx = |what: &'static str| move |e| SinkError::postgres(what, e);
+    let mut tx = pool.begin().await.map_err(ctx("starting a progress update"))?;
+    for &(partition, next_offset) in offsets {
+        sqlx::query(
+            "INSERT INTO pipeline_offsets (pipeline, topic, partition, next_offset)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (pipeline, topic, partition)
+             DO UPDATE SET next_offset = GREATEST(pipeline_offsets.next_offset, EXCLUDED.next_offset),
+                           updated_at = now()",
+        )
+        .bind(pipeline)
+        .bind(topic)
+        .bind(partition)
+        .bind(next_offset)
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx("saving offsets"))?;
+    }
+    let frontier = i64::try_from(acked_frontier_ms).unwrap_or(i64::MAX);
+    sqlx::query(
+        "INSERT INTO pipeline_frontiers (pipeline, acked_frontier_ms) VALUES ($1, $2)
+         ON CONFLICT (pipeline) DO UPDATE
+         SET acked_frontier_ms = GREATEST(pipeline_frontiers.acked_frontier_ms, EXCLUDED.acked_frontier_ms),
+             updated_at = now()",
+    )
+    .bind(pipeline)
+    .bind(frontier)
+    .execute(&mut *tx)
+    .await
+    .map_err(ctx("saving the frontier"))?;
+    tx.commit().await.map_err(ctx("committing progress"))
+}
