@@ -25,25 +25,39 @@ const SECTIONS: [&str; 5] = ["kafka", "clickhouse", "postgres", "pipeline", "api
 
 /// Loads `path` (or `./tally.toml` when it exists, or defaults), applies environment overrides
 /// and validates every section.
-pub fn load(path: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> anyhow::Result<TallyConfig> {
+pub fn load(
+    path: Option<&Path>,
+    env: impl Iterator<Item = (String, String)>,
+) -> anyhow::Result<TallyConfig> {
     let mut table = match path {
         Some(p) => read(p)?,
         None if Path::new("tally.toml").exists() => read(Path::new("tally.toml"))?,
         None => toml::Table::new(),
     };
     if let Some(unknown) = table.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
-        bail!("config: unknown section `[{unknown}]` (expected one of {})", SECTIONS.join(", "));
+        bail!(
+            "config: unknown section `[{unknown}]` (expected one of {})",
+            SECTIONS.join(", ")
+        );
     }
     for (name, raw) in env {
-        let Some(rest) = name.strip_prefix("TALLY_") else { continue };
-        let Some((section, key)) = rest.split_once("__") else { continue };
+        let Some(rest) = name.strip_prefix("TALLY_") else {
+            continue;
+        };
+        let Some((section, key)) = rest.split_once("__") else {
+            continue;
+        };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
         if !SECTIONS.contains(&section.as_str()) {
             bail!("config: environment variable {name}: unknown section `{section}`");
         }
         let value = parse_env_value(&raw);
-        let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(t) = entry else { bail!("config: `{section}` must be a table") };
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(t) = entry else {
+            bail!("config: `{section}` must be a table")
+        };
         t.insert(key, value);
     }
     let config = TallyConfig {
@@ -57,13 +71,18 @@ pub fn load(path: Option<&Path>, env: impl Iterator<Item = (String, String)>) ->
     config.clickhouse.validate()?;
     config.postgres.validate()?;
     config.pipeline.validate()?;
-    config.api.validate().map_err(|(field, reason)| anyhow!("config: `{field}`: {reason}"))?;
+    config
+        .api
+        .validate()
+        .map_err(|(field, reason)| anyhow!("config: `{field}`: {reason}"))?;
     Ok(config)
 }
 
 fn read(path: &Path) -> anyhow::Result<toml::Table> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.parse::<toml::Table>().map_err(|e| anyhow!("config: {}: {e}", path.display()))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.parse::<toml::Table>()
+        .map_err(|e| anyhow!("config: {}: {e}", path.display()))
 }
 
 /// An override is a TOML value when it parses as one (numbers, booleans), else a string.
@@ -78,9 +97,10 @@ fn parse_env_value(raw: &str) -> toml::Value {
 fn section<T: DeserializeOwned + Default>(table: &toml::Table, name: &str) -> anyhow::Result<T> {
     match table.get(name) {
         None => Ok(T::default()),
-        Some(v) => v.clone().try_into().map_err(|e: toml::de::Error| {
-            anyhow!("config: [{name}]: {}", e.message())
-        }),
+        Some(v) => v
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow!("config: [{name}]: {}", e.message())),
     }
 }
 
@@ -101,28 +121,47 @@ mod tests {
 
     #[test]
     fn defaults_file_and_env_layer() {
-        let c = load_str("[pipeline]\nworkers = 3\n", &[("TALLY_PIPELINE__GRACE_MS", "7000"), ("TALLY_HOME", "/x")])
-            .expect("valid");
+        let c = load_str(
+            "[pipeline]\nworkers = 3\n",
+            &[("TALLY_PIPELINE__GRACE_MS", "7000"), ("TALLY_HOME", "/x")],
+        )
+        .expect("valid");
         assert_eq!(c.pipeline.workers, 3);
         assert_eq!(c.pipeline.grace_ms, 7000);
         assert_eq!(c.kafka.topic, "events");
-        let c = load_str("", &[("TALLY_KAFKA__BROKERS", "10.0.0.1:9092,10.0.0.2:9092")]).expect("valid");
+        let c = load_str(
+            "",
+            &[("TALLY_KAFKA__BROKERS", "10.0.0.1:9092,10.0.0.2:9092")],
+        )
+        .expect("valid");
         assert_eq!(c.kafka.brokers, "10.0.0.1:9092,10.0.0.2:9092");
     }
 
     #[test]
     fn errors_name_the_key() {
-        let e = load_str("[kafka]\nbrokerz = \"x\"\n", &[]).expect_err("unknown key").to_string();
+        let e = load_str("[kafka]\nbrokerz = \"x\"\n", &[])
+            .expect_err("unknown key")
+            .to_string();
         assert!(e.contains("brokerz") && e.contains("[kafka]"), "{e}");
-        let e = load_str("[pipeline]\nworkers = \"two\"\n", &[]).expect_err("bad type").to_string();
+        let e = load_str("[pipeline]\nworkers = \"two\"\n", &[])
+            .expect_err("bad type")
+            .to_string();
         assert!(e.contains("[pipeline]"), "{e}");
-        let e = load_str("[pipeline]\nworkers = 0\n", &[]).expect_err("bad value").to_string();
+        let e = load_str("[pipeline]\nworkers = 0\n", &[])
+            .expect_err("bad value")
+            .to_string();
         assert!(e.contains("pipeline.workers"), "{e}");
-        let e = load_str("[nope]\n", &[]).expect_err("bad section").to_string();
+        let e = load_str("[nope]\n", &[])
+            .expect_err("bad section")
+            .to_string();
         assert!(e.contains("[nope]"), "{e}");
-        let e = load_str("", &[("TALLY_API__LISTEN", "not-an-address")]).expect_err("bad env").to_string();
+        let e = load_str("", &[("TALLY_API__LISTEN", "not-an-address")])
+            .expect_err("bad env")
+            .to_string();
         assert!(e.contains("api.listen"), "{e}");
-        let e = load_str("", &[("TALLY_NOPE__X", "1")]).expect_err("bad env section").to_string();
+        let e = load_str("", &[("TALLY_NOPE__X", "1")])
+            .expect_err("bad env section")
+            .to_string();
         assert!(e.contains("TALLY_NOPE__X"), "{e}");
     }
 }

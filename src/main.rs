@@ -50,7 +50,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rdkafka=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -73,7 +74,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         });
     }
     let config = config::load(cli.config.as_deref(), std::env::vars())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Migrate => runtime.block_on(migrate(&config)),
         Command::Run => {
@@ -100,7 +103,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// Runs `deploy/local/stack.sh`.
 fn stack(command: &str) -> anyhow::Result<()> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local/stack.sh");
-    let status = std::process::Command::new("bash").arg(script).arg(command).status()
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(command)
+        .status()
         .with_context(|| format!("running {script}"))?;
     anyhow::ensure!(status.success(), "{script} {command} failed ({status})");
     Ok(())
@@ -108,17 +114,39 @@ fn stack(command: &str) -> anyhow::Result<()> {
 
 async fn migrate(config: &TallyConfig) -> anyhow::Result<()> {
     let created = tally_pipeline::kafka::ensure_topics(&config.kafka).await?;
-    println!("kafka: topics created: {}", if created.is_empty() { "none (all exist)".into() } else { created.join(", ") });
+    println!(
+        "kafka: topics created: {}",
+        if created.is_empty() {
+            "none (all exist)".into()
+        } else {
+            created.join(", ")
+        }
+    );
     let report = tally_sinks::clickhouse::migrate(&config.clickhouse).await?;
     println!(
         "clickhouse {}: TTL {}; migrations applied: {}",
         report.features.version,
-        if report.features.ttl { "supported (retention by TTL)" } else { "unsupported (retention by dropping monthly partitions)" },
-        if report.applied.is_empty() { "none (up to date)".into() } else { report.applied.join(", ") }
+        if report.features.ttl {
+            "supported (retention by TTL)"
+        } else {
+            "unsupported (retention by dropping monthly partitions)"
+        },
+        if report.applied.is_empty() {
+            "none (up to date)".into()
+        } else {
+            report.applied.join(", ")
+        }
     );
     let pool = tally_sinks::postgres::connect(&config.postgres).await?;
     let applied = tally_sinks::postgres::migrate(&pool).await?;
-    println!("postgres: migrations applied: {}", if applied.is_empty() { "none (up to date)".into() } else { applied.join(", ") });
+    println!(
+        "postgres: migrations applied: {}",
+        if applied.is_empty() {
+            "none (up to date)".into()
+        } else {
+            applied.join(", ")
+        }
+    );
     Ok(())
 }
 
@@ -131,7 +159,11 @@ fn settings(config: &TallyConfig) -> tally_pipeline::PipelineSettings {
     }
 }
 
-fn run_pipeline(config: &TallyConfig, runtime: tokio::runtime::Handle, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
+fn run_pipeline(
+    config: &TallyConfig,
+    runtime: tokio::runtime::Handle,
+    shutdown: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     tally_pipeline::run(settings(config), runtime, shutdown).context("pipeline")
 }
 
@@ -151,7 +183,9 @@ fn run_all(config: &TallyConfig, runtime: &tokio::runtime::Runtime) -> anyhow::R
 }
 
 async fn app_state(config: &TallyConfig) -> anyhow::Result<AppState> {
-    let producer = tally_pipeline::kafka::producer_config(&config.kafka).create().context("creating the kafka producer")?;
+    let producer = tally_pipeline::kafka::producer_config(&config.kafka)
+        .create()
+        .context("creating the kafka producer")?;
     Ok(AppState {
         config: Arc::new(config.api.clone()),
         kafka: Arc::new(config.kafka.clone()),
@@ -164,16 +198,29 @@ async fn app_state(config: &TallyConfig) -> anyhow::Result<AppState> {
     })
 }
 
-async fn serve(config: &TallyConfig, state: AppState, stop: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+async fn serve(
+    config: &TallyConfig,
+    state: AppState,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.api.listen)
         .await
-        .with_context(|| format!("binding {} (set api.listen or TALLY_API__LISTEN)", config.api.listen))?;
+        .with_context(|| {
+            format!(
+                "binding {} (set api.listen or TALLY_API__LISTEN)",
+                config.api.listen
+            )
+        })?;
     tracing::info!(address = %listener.local_addr()?, "api listening");
     tally_api::serve(listener, tally_api::router(state), stop).await?;
     Ok(())
 }
 
-async fn serve_owned(config: TallyConfig, state: AppState, stop: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+async fn serve_owned(
+    config: TallyConfig,
+    state: AppState,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     serve(&config, state, stop).await
 }
 
@@ -183,7 +230,10 @@ fn shutdown_on_signal(runtime: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
     let set = Arc::clone(&flag);
     runtime.spawn(async move {
         if let Ok(name) = wait_for_signal().await {
-            tracing::info!(signal = name, "shutting down: draining to ClickHouse and saving progress");
+            tracing::info!(
+                signal = name,
+                "shutting down: draining to ClickHouse and saving progress"
+            );
         }
         set.store(true, Ordering::SeqCst);
     });

@@ -34,10 +34,16 @@ impl ApiConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(("api.listen", format!("`{}` is not an address like 127.0.0.1:8080", self.listen)));
+            return Err((
+                "api.listen",
+                format!("`{}` is not an address like 127.0.0.1:8080", self.listen),
+            ));
         }
         if self.max_body_bytes == 0 || self.max_decompressed_bytes < self.max_body_bytes {
-            return Err(("api.max_decompressed_bytes", "must be at least api.max_body_bytes (> 0)".to_owned()));
+            return Err((
+                "api.max_decompressed_bytes",
+                "must be at least api.max_body_bytes (> 0)".to_owned(),
+            ));
         }
         if self.max_batch_events == 0 {
             return Err(("api.max_batch_events", "must be at least 1".to_owned()));

@@ -31,7 +31,11 @@ struct IngestResponse {
 
 /// Accepts one event or an array of events. 202 when all were accepted; 400 when some were
 /// invalid (the valid ones are still written, and the body lists the rejected ones by index).
-pub async fn post_events(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn post_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let body = decode(&headers, body, state.config.max_decompressed_bytes)?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
@@ -40,7 +44,9 @@ pub async fn post_events(State(state): State<AppState>, headers: HeaderMap, body
         single => vec![single],
     };
     if items.is_empty() {
-        return Err(ApiError::BadRequest("empty batch: send one event or an array of events".into()));
+        return Err(ApiError::BadRequest(
+            "empty batch: send one event or an array of events".into(),
+        ));
     }
     if items.len() > state.config.max_batch_events {
         return Err(ApiError::TooLarge(format!(
@@ -57,14 +63,24 @@ pub async fn post_events(State(state): State<AppState>, headers: HeaderMap, body
         match Event::from_value(item, clock, || uuid::Uuid::new_v4().to_string()) {
             Ok(event) => valid.push(event),
             Err(reason) => {
-                metrics.ingest_rejected.with_label_values(&[reason.label()]).inc();
-                rejected.push(Rejected { index, reason: reason.to_string() });
+                metrics
+                    .ingest_rejected
+                    .with_label_values(&[reason.label()])
+                    .inc();
+                rejected.push(Rejected {
+                    index,
+                    reason: reason.to_string(),
+                });
             }
         }
     }
     let accepted = produce(&state, &valid).await?;
     metrics.ingest_accepted.inc_by(accepted as u64);
-    let status = if rejected.is_empty() { StatusCode::ACCEPTED } else { StatusCode::BAD_REQUEST };
+    let status = if rejected.is_empty() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::BAD_REQUEST
+    };
     Ok((status, Json(IngestResponse { accepted, rejected })).into_response())
 }
 
@@ -72,10 +88,15 @@ pub async fn post_events(State(state): State<AppState>, headers: HeaderMap, body
 /// many of the batch Kafka did acknowledge (events carry ids, so a retry of the whole batch is
 /// counted once).
 async fn produce(state: &AppState, events: &[Event]) -> Result<usize, ApiError> {
-    let payloads: Vec<(Vec<u8>, &str)> = events.iter().map(|e| (e.to_json(), e.user_id.as_str())).collect();
+    let payloads: Vec<(Vec<u8>, &str)> = events
+        .iter()
+        .map(|e| (e.to_json(), e.user_id.as_str()))
+        .collect();
     let timeout = Duration::from_millis(state.kafka.produce_timeout_ms);
     let sends = payloads.iter().map(|(payload, key)| {
-        let record = FutureRecord::to(&state.kafka.topic).payload(payload).key(*key);
+        let record = FutureRecord::to(&state.kafka.topic)
+            .payload(payload)
+            .key(*key);
         state.producer.send(record, timeout)
     });
     let results = join_all(sends).await;
@@ -107,11 +128,15 @@ fn decode(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, ApiEr
                 .read_to_end(&mut out)
                 .map_err(|e| ApiError::BadRequest(format!("body is not valid gzip: {e}")))?;
             if out.len() > limit {
-                return Err(ApiError::TooLarge(format!("decompressed body exceeds {limit} bytes")));
+                return Err(ApiError::TooLarge(format!(
+                    "decompressed body exceeds {limit} bytes"
+                )));
             }
             Ok(Bytes::from(out))
         }
-        other => Err(ApiError::BadRequest(format!("unsupported Content-Encoding `{other}` (use gzip or none)"))),
+        other => Err(ApiError::BadRequest(format!(
+            "unsupported Content-Encoding `{other}` (use gzip or none)"
+        ))),
     }
 }
 
@@ -133,9 +158,18 @@ mod tests {
         let plain = b"[1,2,3]".repeat(100);
         let decoded = decode(&headers, gzip(&plain), plain.len()).expect("fits");
         assert_eq!(&decoded[..], &plain[..]);
-        assert!(matches!(decode(&headers, gzip(&plain), plain.len() - 1), Err(ApiError::TooLarge(_))));
-        assert!(matches!(decode(&headers, Bytes::from_static(b"nope"), 100), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            decode(&headers, gzip(&plain), plain.len() - 1),
+            Err(ApiError::TooLarge(_))
+        ));
+        assert!(matches!(
+            decode(&headers, Bytes::from_static(b"nope"), 100),
+            Err(ApiError::BadRequest(_))
+        ));
         headers.insert("content-encoding", "br".parse().expect("header"));
-        assert!(matches!(decode(&headers, Bytes::new(), 100), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            decode(&headers, Bytes::new(), 100),
+            Err(ApiError::BadRequest(_))
+        ));
     }
 }

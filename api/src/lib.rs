@@ -43,7 +43,9 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -59,10 +61,10 @@ async fn metrics() -> Response {
 }
 
 async fn count_requests(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().trim_end_matches('/').to_owned());
+    let route = request.extensions().get::<MatchedPath>().map_or_else(
+        || "unmatched".to_owned(),
+        |p| p.as_str().trim_end_matches('/').to_owned(),
+    );
     let response = next.run(request).await;
     tally_pipeline::metrics::Metrics::get()
         .http_requests

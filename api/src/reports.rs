@@ -32,7 +32,10 @@ impl Metric {
     ];
 
     fn name(self) -> &'static str {
-        Metric::ALL.iter().find(|(_, m)| *m == self).map_or("events", |(n, _)| n)
+        Metric::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("events", |(n, _)| n)
     }
 
     /// The `rollups` column (a fixed identifier: never built from input).
@@ -62,7 +65,9 @@ impl ReportQuery {
         let g = self.window.millis();
         let first = self.window.start_of(ms(self.from));
         let end = ms(self.to);
-        (0..).map(move |i| first + i * g).take_while(move |s| *s < end)
+        (0..)
+            .map(move |i| first + i * g)
+            .take_while(move |s| *s < end)
     }
 
     /// Number of windows in the range.
@@ -82,9 +87,17 @@ fn bad(reason: impl Into<String>) -> ApiError {
 }
 
 fn time_param(params: &HashMap<String, String>, name: &str) -> Result<DateTime<Utc>, ApiError> {
-    let raw = params.get(name).ok_or_else(|| bad(format!("`{name}` is required (RFC 3339, e.g. 2024-03-13T10:00:00Z)")))?;
+    let raw = params.get(name).ok_or_else(|| {
+        bad(format!(
+            "`{name}` is required (RFC 3339, e.g. 2024-03-13T10:00:00Z)"
+        ))
+    })?;
     let t = DateTime::parse_from_rfc3339(raw)
-        .map_err(|_| bad(format!("`{name}` must be an RFC 3339 time such as 2024-03-13T10:00:00Z, got `{raw}`")))?
+        .map_err(|_| {
+            bad(format!(
+                "`{name}` must be an RFC 3339 time such as 2024-03-13T10:00:00Z, got `{raw}`"
+            ))
+        })?
         .with_timezone(&Utc);
     if t.timestamp_millis() < 0 {
         return Err(bad(format!("`{name}` must not be before 1970")));
@@ -112,28 +125,49 @@ fn event_type_param(params: &HashMap<String, String>) -> Result<Option<String>, 
 }
 
 /// Validates `/reports` parameters.
-pub fn parse_report_query(params: &HashMap<String, String>, max_windows: u64) -> Result<ReportQuery, ApiError> {
+pub fn parse_report_query(
+    params: &HashMap<String, String>,
+    max_windows: u64,
+) -> Result<ReportQuery, ApiError> {
     const KNOWN: [&str; 5] = ["metric", "window", "from", "to", "event_type"];
     if let Some(k) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(bad(format!("unknown parameter `{k}` (expected metric, window, from, to, event_type)")));
+        return Err(bad(format!(
+            "unknown parameter `{k}` (expected metric, window, from, to, event_type)"
+        )));
     }
-    let metric_raw = params.get("metric").ok_or_else(|| bad("`metric` is required"))?;
+    let metric_raw = params
+        .get("metric")
+        .ok_or_else(|| bad("`metric` is required"))?;
     let metric = Metric::ALL
         .iter()
         .find(|(n, _)| n == metric_raw)
         .map(|(_, m)| *m)
         .ok_or_else(|| bad(format!("unknown metric `{metric_raw}`: use events, unique_users, unique_sessions or unique_event_types")))?;
-    let window_raw = params.get("window").ok_or_else(|| bad("`window` is required"))?;
+    let window_raw = params
+        .get("window")
+        .ok_or_else(|| bad("`window` is required"))?;
     let window = Window::from_label(window_raw)
         .ok_or_else(|| bad(format!("unknown window `{window_raw}`: use 1m, 1h or 1d")))?;
     let (from, to) = range(params)?;
     let event_type = event_type_param(params)?;
     if event_type.is_some() && metric == Metric::UniqueEventTypes {
-        return Err(bad("`event_type` cannot be combined with metric unique_event_types"));
+        return Err(bad(
+            "`event_type` cannot be combined with metric unique_event_types",
+        ));
     }
-    let q = ReportQuery { metric, window, from, to, event_type };
+    let q = ReportQuery {
+        metric,
+        window,
+        from,
+        to,
+        event_type,
+    };
     if q.window_count() > max_windows {
-        return Err(bad(format!("the range spans {} windows of {}; the limit is {max_windows}", q.window_count(), window)));
+        return Err(bad(format!(
+            "the range spans {} windows of {}; the limit is {max_windows}",
+            q.window_count(),
+            window
+        )));
     }
     Ok(q)
 }
@@ -197,10 +231,16 @@ pub async fn get_report(
         .fetch_all()
         .await
         .map_err(clickhouse_unavailable)?;
-    let values: HashMap<u64, u64> = rows.into_iter().map(|r| (u64::from(r.window_start) * 1000, r.value)).collect();
+    let values: HashMap<u64, u64> = rows
+        .into_iter()
+        .map(|r| (u64::from(r.window_start) * 1000, r.value))
+        .collect();
     let points = q
         .window_starts()
-        .map(|s| Point { window_start: rfc3339(s), value: values.get(&s).copied().unwrap_or(0) })
+        .map(|s| Point {
+            window_start: rfc3339(s),
+            value: values.get(&s).copied().unwrap_or(0),
+        })
         .collect();
     let complete_until = complete_until(&state, q.window).await.map(rfc3339);
     let response = ReportResponse {
@@ -212,19 +252,22 @@ pub async fn get_report(
         complete_until,
         points,
     };
-    serde_json::to_value(response).map(Json).map_err(|e| ApiError::Internal(e.to_string()))
+    serde_json::to_value(response)
+        .map(Json)
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// The end of the last window of this kind before which every window is final and stored:
 /// a window is final once the acknowledged frontier passed its end plus the grace period.
 async fn complete_until(state: &AppState, window: Window) -> Option<u64> {
-    let frontier: Option<i64> = sqlx::query_scalar("SELECT acked_frontier_ms FROM pipeline_frontiers WHERE pipeline = $1")
-        .bind(&state.pipeline_name)
-        .fetch_optional(&state.postgres)
-        .await
-        .map_err(|e| tracing::warn!(error = %e, "reading the pipeline frontier failed"))
-        .ok()
-        .flatten();
+    let frontier: Option<i64> =
+        sqlx::query_scalar("SELECT acked_frontier_ms FROM pipeline_frontiers WHERE pipeline = $1")
+            .bind(&state.pipeline_name)
+            .fetch_optional(&state.postgres)
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "reading the pipeline frontier failed"))
+            .ok()
+            .flatten();
     complete_until_from(u64::try_from(frontier?).ok()?, state.grace_ms, window)
 }
 
@@ -249,11 +292,17 @@ pub async fn get_summary(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     const KNOWN: [&str; 3] = ["from", "to", "event_type"];
     if let Some(k) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(bad(format!("unknown parameter `{k}` (expected from, to, event_type)")));
+        return Err(bad(format!(
+            "unknown parameter `{k}` (expected from, to, event_type)"
+        )));
     }
     let (from, to) = range(&params)?;
     let event_type = event_type_param(&params)?;
-    let filter = if event_type.is_some() { "AND event_type = ?" } else { "" };
+    let filter = if event_type.is_some() {
+        "AND event_type = ?"
+    } else {
+        ""
+    };
     // `FINAL` collapses events replayed after a restart (same id, same time) into one row.
     let sql = format!(
         "SELECT count() AS events,
@@ -265,12 +314,20 @@ pub async fn get_summary(
            AND timestamp_ms >= ? AND timestamp_ms < ? {filter}"
     );
     let (from_ms, to_ms) = (ms(from), ms(to));
-    let mut query = state.clickhouse.query(&sql).bind(from_ms / 1000).bind(to_ms / 1000).bind(from_ms).bind(to_ms);
+    let mut query = state
+        .clickhouse
+        .query(&sql)
+        .bind(from_ms / 1000)
+        .bind(to_ms / 1000)
+        .bind(from_ms)
+        .bind(to_ms);
     if let Some(t) = &event_type {
         query = query.bind(t.as_str());
     }
     let summary: Summary = query.fetch_one().await.map_err(clickhouse_unavailable)?;
-    serde_json::to_value(summary).map(Json).map_err(|e| ApiError::Internal(e.to_string()))
+    serde_json::to_value(summary)
+        .map(Json)
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 #[cfg(test)]
@@ -278,7 +335,10 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn err(pairs: &[(&str, &str)]) -> String {
@@ -291,19 +351,35 @@ mod tests {
     #[test]
     fn valid_query_and_windows() {
         let q = parse_report_query(
-            &params(&[("metric", "events"), ("window", "1h"), ("from", "2024-03-13T10:30:00Z"), ("to", "2024-03-13T13:00:00Z")]),
+            &params(&[
+                ("metric", "events"),
+                ("window", "1h"),
+                ("from", "2024-03-13T10:30:00Z"),
+                ("to", "2024-03-13T13:00:00Z"),
+            ]),
             10_000,
         )
         .expect("valid");
         // Windows overlapping [10:30, 13:00): 10:00, 11:00, 12:00.
         let starts: Vec<String> = q.window_starts().map(rfc3339).collect();
-        assert_eq!(starts, ["2024-03-13T10:00:00Z", "2024-03-13T11:00:00Z", "2024-03-13T12:00:00Z"]);
+        assert_eq!(
+            starts,
+            [
+                "2024-03-13T10:00:00Z",
+                "2024-03-13T11:00:00Z",
+                "2024-03-13T12:00:00Z"
+            ]
+        );
         assert_eq!(q.window_count(), 3);
     }
 
     #[test]
     fn bad_queries_say_why() {
-        let base = [("window", "1m"), ("from", "2024-03-13T10:00:00Z"), ("to", "2024-03-13T11:00:00Z")];
+        let base = [
+            ("window", "1m"),
+            ("from", "2024-03-13T10:00:00Z"),
+            ("to", "2024-03-13T11:00:00Z"),
+        ];
         let with = |extra: &[(&'static str, &'static str)]| {
             let mut v: Vec<(&str, &str)> = base.to_vec();
             v.extend_from_slice(extra);
@@ -311,16 +387,48 @@ mod tests {
         };
         assert!(err(&with(&[("metric", "revenue")])).contains("unknown metric"));
         assert!(err(&base).contains("`metric` is required"));
-        assert!(err(&[("metric", "events"), ("window", "2m"), ("from", "2024-03-13T10:00:00Z"), ("to", "2024-03-13T11:00:00Z")]).contains("unknown window"));
-        assert!(err(&[("metric", "events"), ("window", "1m"), ("from", "yesterday"), ("to", "2024-03-13T11:00:00Z")]).contains("RFC 3339"));
-        assert!(err(&[("metric", "events"), ("window", "1m"), ("from", "2024-03-13T11:00:00Z"), ("to", "2024-03-13T10:00:00Z")]).contains("before"));
-        assert!(err(&with(&[("metric", "unique_event_types"), ("event_type", "click")])).contains("cannot be combined"));
+        assert!(err(&[
+            ("metric", "events"),
+            ("window", "2m"),
+            ("from", "2024-03-13T10:00:00Z"),
+            ("to", "2024-03-13T11:00:00Z")
+        ])
+        .contains("unknown window"));
+        assert!(err(&[
+            ("metric", "events"),
+            ("window", "1m"),
+            ("from", "yesterday"),
+            ("to", "2024-03-13T11:00:00Z")
+        ])
+        .contains("RFC 3339"));
+        assert!(err(&[
+            ("metric", "events"),
+            ("window", "1m"),
+            ("from", "2024-03-13T11:00:00Z"),
+            ("to", "2024-03-13T10:00:00Z")
+        ])
+        .contains("before"));
+        assert!(err(&with(&[
+            ("metric", "unique_event_types"),
+            ("event_type", "click")
+        ]))
+        .contains("cannot be combined"));
         assert!(err(&with(&[("metric", "events"), ("x", "1")])).contains("unknown parameter"));
         // 10,001 one-minute windows.
-        let too_long = err(&[("metric", "events"), ("window", "1m"), ("from", "2024-03-13T00:00:00Z"), ("to", "2024-03-19T22:41:00Z")]);
+        let too_long = err(&[
+            ("metric", "events"),
+            ("window", "1m"),
+            ("from", "2024-03-13T00:00:00Z"),
+            ("to", "2024-03-19T22:41:00Z"),
+        ]);
         assert!(too_long.contains("limit is 10000"), "{too_long}");
         assert!(parse_report_query(
-            &params(&[("metric", "events"), ("window", "1m"), ("from", "2024-03-13T00:00:00Z"), ("to", "2024-03-19T22:40:00Z")]),
+            &params(&[
+                ("metric", "events"),
+                ("window", "1m"),
+                ("from", "2024-03-13T00:00:00Z"),
+                ("to", "2024-03-19T22:40:00Z")
+            ]),
             10_000
         )
         .is_ok());
@@ -329,9 +437,15 @@ mod tests {
     #[test]
     fn complete_until_needs_grace_past_the_end() {
         let t0 = 1_710_324_000_000; // 10:00:00
-        // The 10:00 minute closes at 10:01:00 + 5 s; it is final once the frontier passes that.
-        assert_eq!(complete_until_from(t0 + 65_000, 5_000, Window::Minute), Some(t0));
-        assert_eq!(complete_until_from(t0 + 65_001, 5_000, Window::Minute), Some(t0 + 60_000));
+                                    // The 10:00 minute closes at 10:01:00 + 5 s; it is final once the frontier passes that.
+        assert_eq!(
+            complete_until_from(t0 + 65_000, 5_000, Window::Minute),
+            Some(t0)
+        );
+        assert_eq!(
+            complete_until_from(t0 + 65_001, 5_000, Window::Minute),
+            Some(t0 + 60_000)
+        );
         assert_eq!(complete_until_from(3_000, 5_000, Window::Minute), None);
     }
 }

@@ -37,7 +37,9 @@ impl<'scope> Dedup<'scope> for StreamVec<'scope, u64, Observation> {
             let mut seen: BTreeMap<u64, IdSet<u128>> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each(|cap, batch| {
-                    let Some(&read_time) = cap.least() else { return };
+                    let Some(&read_time) = cap.least() else {
+                        return;
+                    };
                     let mut session = output.session(&cap);
                     for obs in batch.drain(..) {
                         let close = horizon.close_time(obs.ts_ms, grace_ms);

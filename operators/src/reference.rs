@@ -43,9 +43,17 @@ pub fn expected(spec: &RollupSpec, reads: &[(u64, Observation)]) -> Expected {
                 out.late[window.index()] += 1;
                 continue;
             }
-            let mut keys = vec![WindowKey { window, start_ms, event_type: None }];
+            let mut keys = vec![WindowKey {
+                window,
+                start_ms,
+                event_type: None,
+            }];
             if spec.per_event_type {
-                keys.push(WindowKey { window, start_ms, event_type: Some(obs.event_type.clone()) });
+                keys.push(WindowKey {
+                    window,
+                    start_ms,
+                    event_type: Some(obs.event_type.clone()),
+                });
             }
             for key in keys {
                 groups.entry(key).or_default().push(obs);

@@ -150,52 +150,60 @@ impl<'scope> Rollup<'scope> for StreamVec<'scope, u64, Observation> {
         let grace_ms = spec.grace_ms;
         let contributions = self.flat_map(move |obs| fan_out(&windows, per_type, obs));
         let route = Exchange::new(|c: &Contribution| c.key.route());
-        contributions.binary_frontier(ticks, route, Pipeline, "WindowRollup", move |_cap, _info| {
-            let mut open: BTreeMap<u64, Bucket> = BTreeMap::new();
-            move |(data, frontier), (ticks, _), output| {
-                data.for_each(|cap, batch| {
-                    let Some(&read_time) = cap.least() else { return };
-                    for c in batch.drain(..) {
-                        let close = c.key.close_time(grace_ms);
-                        if close <= read_time {
-                            if c.key.event_type.is_none() {
-                                counters.add_late(c.key.window, 1);
+        contributions.binary_frontier(
+            ticks,
+            route,
+            Pipeline,
+            "WindowRollup",
+            move |_cap, _info| {
+                let mut open: BTreeMap<u64, Bucket> = BTreeMap::new();
+                move |(data, frontier), (ticks, _), output| {
+                    data.for_each(|cap, batch| {
+                        let Some(&read_time) = cap.least() else {
+                            return;
+                        };
+                        for c in batch.drain(..) {
+                            let close = c.key.close_time(grace_ms);
+                            if close <= read_time {
+                                if c.key.event_type.is_none() {
+                                    counters.add_late(c.key.window, 1);
+                                }
+                                continue;
                             }
-                            continue;
+                            let bucket = open.entry(close).or_insert_with(|| Bucket {
+                                cap: cap.delayed(&close, 0),
+                                accs: HashMap::new(),
+                            });
+                            bucket.accs.entry(c.key.clone()).or_default().add(&c);
                         }
-                        let bucket = open.entry(close).or_insert_with(|| Bucket {
-                            cap: cap.delayed(&close, 0),
-                            accs: HashMap::new(),
-                        });
-                        bucket.accs.entry(c.key.clone()).or_default().add(&c);
-                    }
-                });
-                let mut tick = false;
-                ticks.for_each(|_cap, batch| {
-                    batch.clear();
-                    tick = true;
-                });
-                while let Some(entry) = open.first_entry() {
-                    if frontier.less_than(entry.key()) {
-                        break;
-                    }
-                    let bucket = entry.remove();
-                    let mut session = output.session(&bucket.cap);
-                    for (key, acc) in bucket.accs {
-                        session.give(acc.row(key, true));
-                    }
-                }
-                if tick {
-                    for bucket in open.values_mut() {
+                    });
+                    let mut tick = false;
+                    ticks.for_each(|_cap, batch| {
+                        batch.clear();
+                        tick = true;
+                    });
+                    while let Some(entry) = open.first_entry() {
+                        if frontier.less_than(entry.key()) {
+                            break;
+                        }
+                        let bucket = entry.remove();
                         let mut session = output.session(&bucket.cap);
-                        for (key, acc) in bucket.accs.iter_mut().filter(|(_, a)| a.dirty) {
-                            acc.dirty = false;
-                            session.give(acc.row(key.clone(), false));
+                        for (key, acc) in bucket.accs {
+                            session.give(acc.row(key, true));
+                        }
+                    }
+                    if tick {
+                        for bucket in open.values_mut() {
+                            let mut session = output.session(&bucket.cap);
+                            for (key, acc) in bucket.accs.iter_mut().filter(|(_, a)| a.dirty) {
+                                acc.dirty = false;
+                                session.give(acc.row(key.clone(), false));
+                            }
                         }
                     }
                 }
-            }
-        })
+            },
+        )
     }
 }
 
@@ -204,7 +212,11 @@ fn fan_out(windows: &[Window], per_type: bool, obs: Observation) -> Vec<Contribu
     let mut out = Vec::with_capacity(windows.len() * 2);
     for &window in windows {
         let start_ms = window.start_of(obs.ts_ms);
-        let key = |event_type| WindowKey { window, start_ms, event_type };
+        let key = |event_type| WindowKey {
+            window,
+            start_ms,
+            event_type,
+        };
         let contribution = |key| Contribution {
             key,
             user: obs.user,

@@ -109,7 +109,10 @@ mod tests {
         let after_day = Window::Day.close_time(ts, 0);
         assert_eq!(settled_after(&all, ts, after_day, 0), after_day);
         let after_hour = Window::Hour.close_time(ts, 0);
-        assert_eq!(settled_after(&[Window::Minute, Window::Hour], ts, after_hour + 1, 0), after_hour + 1);
+        assert_eq!(
+            settled_after(&[Window::Minute, Window::Hour], ts, after_hour + 1, 0),
+            after_hour + 1
+        );
     }
 
     #[test]

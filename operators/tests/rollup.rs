@@ -20,7 +20,11 @@ type Emitted = Vec<(u64, RollupRow)>;
 
 /// Runs dedup + rollup over `reads` (watermark at read time, event) on one worker, sending a tick
 /// after every `tick_every` reads, and returns the emitted rows and the counters.
-fn run(spec: &RollupSpec, reads: &[(u64, Observation)], tick_every: usize) -> (Emitted, OperatorCounters) {
+fn run(
+    spec: &RollupSpec,
+    reads: &[(u64, Observation)],
+    tick_every: usize,
+) -> (Emitted, OperatorCounters) {
     let spec = spec.clone();
     let reads = reads.to_vec();
     timely::execute_directly(move |worker| {
@@ -75,7 +79,11 @@ fn run(spec: &RollupSpec, reads: &[(u64, Observation)], tick_every: usize) -> (E
 }
 
 fn spec(grace_ms: u64) -> RollupSpec {
-    RollupSpec { windows: Window::ALL.to_vec(), grace_ms, per_event_type: true }
+    RollupSpec {
+        windows: Window::ALL.to_vec(),
+        grace_ms,
+        per_event_type: true,
+    }
 }
 
 fn obs(id: &str, ts_ms: u64, event_type: &str, user: &str, session: Option<&str>) -> Observation {
@@ -98,7 +106,11 @@ fn finals(emitted: &Emitted) -> BTreeMap<WindowKey, RollupRow> {
 }
 
 fn key(window: Window, start_ms: u64, event_type: Option<&str>) -> WindowKey {
-    WindowKey { window, start_ms, event_type: event_type.map(str::to_owned) }
+    WindowKey {
+        window,
+        start_ms,
+        event_type: event_type.map(str::to_owned),
+    }
 }
 
 // 2024-03-13T10:00:00Z
@@ -118,14 +130,22 @@ fn hand_computed_windows() {
     let finals = finals(&emitted);
     let row = |k: &WindowKey| {
         let r = &finals[k];
-        (r.events, r.unique_users, r.unique_sessions, r.unique_event_types)
+        (
+            r.events,
+            r.unique_users,
+            r.unique_sessions,
+            r.unique_event_types,
+        )
     };
     assert_eq!(row(&key(Window::Minute, T0, None)), (3, 2, 1, 2));
     assert_eq!(row(&key(Window::Minute, T0, Some("view"))), (2, 2, 1, 1));
     assert_eq!(row(&key(Window::Minute, T0, Some("click"))), (1, 1, 1, 1));
     assert_eq!(row(&key(Window::Minute, T0 + MIN, None)), (1, 1, 1, 1));
     assert_eq!(row(&key(Window::Hour, T0, None)), (4, 3, 2, 2));
-    assert_eq!(row(&key(Window::Day, T0 - 10 * 3_600_000, None)), (4, 3, 2, 2));
+    assert_eq!(
+        row(&key(Window::Day, T0 - 10 * 3_600_000, None)),
+        (4, 3, 2, 2)
+    );
     // 2 minute windows x (all + 2 types, but minute 2 has one type) + hour (3) + day (3)
     assert_eq!(finals.len(), 3 + 2 + 3 + 3);
     assert_eq!(counters.duplicates(), 1);
@@ -142,7 +162,10 @@ fn late_events_count_in_longer_windows_only() {
         (0, obs("a", T0 + 10, "click", "u1", None)),
         // Watermark already past the first minute's close: late for 1m, on time for 1h and 1d.
         (T0 + MIN + grace, obs("b", T0 + 20, "click", "u2", None)),
-        (T0 + MIN + grace, obs("c", T0 + MIN + 5, "click", "u3", None)),
+        (
+            T0 + MIN + grace,
+            obs("c", T0 + MIN + 5, "click", "u3", None),
+        ),
     ];
     let (emitted, counters) = run(&spec(grace), &reads, 0);
     let finals = finals(&emitted);
@@ -160,7 +183,11 @@ fn ticks_emit_provisional_rows_of_changed_windows_only() {
         (0, obs("b", T0 + 1, "click", "u2", None)),
         (T0 + 3 * MIN, obs("c", T0 + 3 * MIN, "view", "u2", None)),
     ];
-    let spec = RollupSpec { windows: vec![Window::Minute], grace_ms: 0, per_event_type: false };
+    let spec = RollupSpec {
+        windows: vec![Window::Minute],
+        grace_ms: 0,
+        per_event_type: false,
+    };
     let (emitted, _) = run(&spec, &reads, 1);
     let first_minute: Vec<(u64, bool)> = emitted
         .iter()
@@ -175,18 +202,37 @@ fn ticks_emit_provisional_rows_of_changed_windows_only() {
 /// Generates a read sequence: events with disorder, sometimes re-sent, read in arrival order
 /// with the watermark (max event time seen - bound) as the dataflow time.
 fn reads_strategy() -> impl Strategy<Value = (u64, u64, Vec<(u64, Observation)>)> {
-    let event = (0u64..3 * 3_600_000, 0u64..20_000, 0u8..12, 0u8..9, 0u8..4, any::<bool>());
-    (0u64..30_000, 0u64..10_000, prop::collection::vec(event, 1..150)).prop_map(
-        |(bound, grace, raw)| {
+    let event = (
+        0u64..3 * 3_600_000,
+        0u64..20_000,
+        0u8..12,
+        0u8..9,
+        0u8..4,
+        any::<bool>(),
+    );
+    (
+        0u64..30_000,
+        0u64..10_000,
+        prop::collection::vec(event, 1..150),
+    )
+        .prop_map(|(bound, grace, raw)| {
             // Start 90 minutes before a day boundary so all three window kinds split.
             let base = T0 + 14 * 3_600_000 - 90 * MIN;
             let mut arrivals: Vec<(u64, Observation)> = Vec::new();
             for (i, (offset, jitter, user, session, kind, resend)) in raw.into_iter().enumerate() {
-                let id = if resend && i > 0 { format!("e{}", i / 2) } else { format!("e{i}") };
+                let id = if resend && i > 0 {
+                    format!("e{}", i / 2)
+                } else {
+                    format!("e{i}")
+                };
                 let ts = base + offset;
                 let o = Observation {
                     event_id: tally_operators::hash128(&id),
-                    ts_ms: if resend && i > 0 { base + offset / 2 } else { ts },
+                    ts_ms: if resend && i > 0 {
+                        base + offset / 2
+                    } else {
+                        ts
+                    },
                     event_type: ["click", "view", "buy", "search"][kind as usize].to_owned(),
                     user: u128::from(user),
                     session: (session < 8).then_some(u128::from(session)),
@@ -206,8 +252,7 @@ fn reads_strategy() -> impl Strategy<Value = (u64, u64, Vec<(u64, Observation)>)
                 })
                 .collect();
             (bound, grace, reads)
-        },
-    )
+        })
 }
 
 proptest! {

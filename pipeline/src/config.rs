@@ -51,7 +51,10 @@ impl PipelineConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), PipelineError> {
         let bad = |field: &'static str, reason: &str| {
-            Err(PipelineError::Config { field, reason: reason.to_owned() })
+            Err(PipelineError::Config {
+                field,
+                reason: reason.to_owned(),
+            })
         };
         if self.name.is_empty() {
             return bad("pipeline.name", "must not be empty");

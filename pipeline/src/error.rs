@@ -33,6 +33,9 @@ pub enum PipelineError {
 impl PipelineError {
     /// Builds a Kafka error with context.
     pub fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
-        PipelineError::Kafka { context: context.into(), source }
+        PipelineError::Kafka {
+            context: context.into(),
+            source,
+        }
     }
 }

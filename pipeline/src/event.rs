@@ -15,7 +15,14 @@ pub const MAX_ID_LEN: usize = 256;
 /// How far in the future a timestamp may be.
 pub const MAX_FUTURE_MS: u64 = 86_400_000;
 
-const FIELDS: [&str; 6] = ["event_id", "event_type", "user_id", "session_id", "timestamp", "metadata"];
+const FIELDS: [&str; 6] = [
+    "event_id",
+    "event_type",
+    "user_id",
+    "session_id",
+    "timestamp",
+    "metadata",
+];
 
 /// A valid event.
 #[derive(Clone, Debug, PartialEq)]
@@ -100,19 +107,31 @@ impl Clock {
     /// The wall clock, with `retention_days`.
     pub fn wall(retention_days: u32) -> Clock {
         let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
-        Clock { now_ms, retention_days }
+        Clock {
+            now_ms,
+            retention_days,
+        }
     }
 }
 
 impl Event {
     /// Parses one event from JSON bytes; `default_id` supplies the id when the event has none.
-    pub fn parse(bytes: &[u8], clock: Clock, default_id: impl FnOnce() -> String) -> Result<Event, Invalid> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| Invalid::NotJson(e.to_string()))?;
+    pub fn parse(
+        bytes: &[u8],
+        clock: Clock,
+        default_id: impl FnOnce() -> String,
+    ) -> Result<Event, Invalid> {
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| Invalid::NotJson(e.to_string()))?;
         Event::from_value(&value, clock, default_id)
     }
 
     /// Validates one event given as a JSON value.
-    pub fn from_value(value: &Value, clock: Clock, default_id: impl FnOnce() -> String) -> Result<Event, Invalid> {
+    pub fn from_value(
+        value: &Value,
+        clock: Clock,
+        default_id: impl FnOnce() -> String,
+    ) -> Result<Event, Invalid> {
         let obj = value.as_object().ok_or(Invalid::NotObject)?;
         if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
             return Err(Invalid::UnknownField(unknown.clone()));
@@ -129,7 +148,9 @@ impl Event {
         if ts_ms > clock.now_ms.saturating_add(MAX_FUTURE_MS) {
             return Err(Invalid::Future);
         }
-        let oldest = clock.now_ms.saturating_sub(u64::from(clock.retention_days) * 86_400_000);
+        let oldest = clock
+            .now_ms
+            .saturating_sub(u64::from(clock.retention_days) * 86_400_000);
         if ts_ms < oldest {
             return Err(Invalid::TooOld(clock.retention_days));
         }
@@ -138,7 +159,14 @@ impl Event {
             Some(Value::Object(m)) => m.clone(),
             Some(_) => return Err(Invalid::WrongType("metadata", "a JSON object")),
         };
-        Ok(Event { event_id, event_type, user_id, session_id, ts_ms, metadata })
+        Ok(Event {
+            event_id,
+            event_type,
+            user_id,
+            session_id,
+            ts_ms,
+            metadata,
+        })
     }
 
     /// The canonical JSON written to Kafka: every field present, timestamp in epoch ms.
@@ -183,7 +211,11 @@ impl Event {
     }
 }
 
-fn required_str(obj: &Map<String, Value>, field: &'static str, max: usize) -> Result<String, Invalid> {
+fn required_str(
+    obj: &Map<String, Value>,
+    field: &'static str,
+    max: usize,
+) -> Result<String, Invalid> {
     let s = optional_str(obj, field, max)?.ok_or(Invalid::Missing(field))?;
     if s.is_empty() {
         return Err(Invalid::Empty(field));
@@ -191,7 +223,11 @@ fn required_str(obj: &Map<String, Value>, field: &'static str, max: usize) -> Re
     Ok(s)
 }
 
-fn optional_str(obj: &Map<String, Value>, field: &'static str, max: usize) -> Result<Option<String>, Invalid> {
+fn optional_str(
+    obj: &Map<String, Value>,
+    field: &'static str,
+    max: usize,
+) -> Result<Option<String>, Invalid> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.chars().count() > max => Err(Invalid::TooLong(field, max)),
@@ -215,7 +251,11 @@ fn timestamp(value: Option<&Value>) -> Result<u64, Invalid> {
 /// A deterministic id for an event read from Kafka without one, so a replay yields the same id.
 pub fn id_from_position(topic: &str, partition: i32, offset: i64) -> String {
     let h = hash128(&format!("{topic}/{partition}/{offset}"));
-    uuid::Builder::from_u128(h).with_variant(uuid::Variant::RFC4122).with_version(uuid::Version::Custom).into_uuid().to_string()
+    uuid::Builder::from_u128(h)
+        .with_variant(uuid::Variant::RFC4122)
+        .with_version(uuid::Version::Custom)
+        .into_uuid()
+        .to_string()
 }
 
 #[cfg(test)]
@@ -224,7 +264,10 @@ mod tests {
 
     const NOW: u64 = 1_710_324_000_000; // 2024-03-13T10:00:00Z
     fn clock() -> Clock {
-        Clock { now_ms: NOW, retention_days: 365 }
+        Clock {
+            now_ms: NOW,
+            retention_days: 365,
+        }
     }
     fn parse(json: &str) -> Result<Event, Invalid> {
         Event::parse(json.as_bytes(), clock(), || "assigned".to_owned())
@@ -232,7 +275,9 @@ mod tests {
 
     #[test]
     fn accepts_both_timestamp_forms() {
-        let a = parse(r#"{"event_type":"click","user_id":"u1","timestamp":"2024-03-13T09:00:00.250Z"}"#);
+        let a = parse(
+            r#"{"event_type":"click","user_id":"u1","timestamp":"2024-03-13T09:00:00.250Z"}"#,
+        );
         let b = parse(r#"{"event_type":"click","user_id":"u1","timestamp":1710320400250}"#);
         assert_eq!(a.as_ref().map(|e| e.ts_ms), Ok(1_710_320_400_250));
         assert_eq!(a, b);
@@ -241,7 +286,8 @@ mod tests {
 
     #[test]
     fn offsets_in_rfc3339_are_honoured() {
-        let e = parse(r#"{"event_type":"x","user_id":"u","timestamp":"2024-03-13T11:00:00+02:00"}"#);
+        let e =
+            parse(r#"{"event_type":"x","user_id":"u","timestamp":"2024-03-13T11:00:00+02:00"}"#);
         assert_eq!(e.map(|e| e.ts_ms), Ok(1_710_320_400_000));
     }
 
@@ -249,14 +295,38 @@ mod tests {
     fn rejections_name_the_field() {
         let cases = [
             (r#"[1]"#, Invalid::NotObject),
-            (r#"{"user_id":"u","timestamp":1710320400000}"#, Invalid::Missing("event_type")),
-            (r#"{"event_type":"","user_id":"u","timestamp":1710320400000}"#, Invalid::Empty("event_type")),
-            (r#"{"event_type":"x","user_id":7,"timestamp":1710320400000}"#, Invalid::WrongType("user_id", "a string")),
-            (r#"{"event_type":"x","user_id":"u","timestamp":"yesterday"}"#, Invalid::BadTimestamp),
-            (r#"{"event_type":"x","user_id":"u","timestamp":-5}"#, Invalid::BadTimestamp),
-            (r#"{"event_type":"x","user_id":"u"}"#, Invalid::Missing("timestamp")),
-            (r#"{"event_type":"x","user_id":"u","timestamp":1710320400000,"extra":1}"#, Invalid::UnknownField("extra".into())),
-            (r#"{"event_type":"x","user_id":"u","timestamp":1710320400000,"metadata":[1]}"#, Invalid::WrongType("metadata", "a JSON object")),
+            (
+                r#"{"user_id":"u","timestamp":1710320400000}"#,
+                Invalid::Missing("event_type"),
+            ),
+            (
+                r#"{"event_type":"","user_id":"u","timestamp":1710320400000}"#,
+                Invalid::Empty("event_type"),
+            ),
+            (
+                r#"{"event_type":"x","user_id":7,"timestamp":1710320400000}"#,
+                Invalid::WrongType("user_id", "a string"),
+            ),
+            (
+                r#"{"event_type":"x","user_id":"u","timestamp":"yesterday"}"#,
+                Invalid::BadTimestamp,
+            ),
+            (
+                r#"{"event_type":"x","user_id":"u","timestamp":-5}"#,
+                Invalid::BadTimestamp,
+            ),
+            (
+                r#"{"event_type":"x","user_id":"u"}"#,
+                Invalid::Missing("timestamp"),
+            ),
+            (
+                r#"{"event_type":"x","user_id":"u","timestamp":1710320400000,"extra":1}"#,
+                Invalid::UnknownField("extra".into()),
+            ),
+            (
+                r#"{"event_type":"x","user_id":"u","timestamp":1710320400000,"metadata":[1]}"#,
+                Invalid::WrongType("metadata", "a JSON object"),
+            ),
         ];
         for (json, want) in cases {
             assert_eq!(parse(json), Err(want), "{json}");
@@ -288,8 +358,17 @@ mod tests {
 
     #[test]
     fn ids_from_position_are_stable_and_distinct() {
-        assert_eq!(id_from_position("events", 0, 1), id_from_position("events", 0, 1));
-        assert_ne!(id_from_position("events", 0, 1), id_from_position("events", 0, 2));
-        assert_ne!(id_from_position("events", 0, 1), id_from_position("events", 1, 1));
+        assert_eq!(
+            id_from_position("events", 0, 1),
+            id_from_position("events", 0, 1)
+        );
+        assert_ne!(
+            id_from_position("events", 0, 1),
+            id_from_position("events", 0, 2)
+        );
+        assert_ne!(
+            id_from_position("events", 0, 1),
+            id_from_position("events", 1, 1)
+        );
     }
 }

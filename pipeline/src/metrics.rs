@@ -75,7 +75,8 @@ fn counter(name: &str, help: &str) -> IntCounter {
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    reg(IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}")))
+    reg(IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}")))
 }
 
 fn gauge(name: &str, help: &str) -> IntGauge {
@@ -83,7 +84,8 @@ fn gauge(name: &str, help: &str) -> IntGauge {
 }
 
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    reg(IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}")))
+    reg(IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}")))
 }
 
 fn histogram_vec(name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
@@ -97,22 +99,62 @@ impl Metrics {
         static METRICS: OnceLock<Metrics> = OnceLock::new();
         METRICS.get_or_init(|| Metrics {
             events_read: counter(EVENTS_READ, "Events read from Kafka, valid or not."),
-            dlq: counter_vec(DLQ, "Messages sent to the dead-letter topic, by reason.", &["reason"]),
-            late: gauge_vec(LATE, "Events that arrived after their window closed (not in rollups), by window.", &["window"]),
-            duplicates: gauge(DUPLICATES, "Events dropped from rollups as repeats of an earlier event id."),
-            lag: gauge_vec(LAG, "Consumer lag in messages, by partition.", &["partition"]),
-            watermark: gauge_vec(WATERMARK, "Event-time watermark, ms since the epoch, by partition.", &["partition"]),
-            acked_frontier: gauge(ACKED_FRONTIER, "Watermark time before which every output is in ClickHouse, ms."),
-            sink_batch_rows: histogram_vec(SINK_BATCH_ROWS, "Rows per ClickHouse insert.", prometheus::exponential_buckets(1.0, 4.0, 10).unwrap_or_default()),
-            sink_batch_seconds: histogram_vec(SINK_BATCH_SECONDS, "Seconds per ClickHouse insert, retries included.", prometheus::exponential_buckets(0.001, 2.0, 16).unwrap_or_default()),
+            dlq: counter_vec(
+                DLQ,
+                "Messages sent to the dead-letter topic, by reason.",
+                &["reason"],
+            ),
+            late: gauge_vec(
+                LATE,
+                "Events that arrived after their window closed (not in rollups), by window.",
+                &["window"],
+            ),
+            duplicates: gauge(
+                DUPLICATES,
+                "Events dropped from rollups as repeats of an earlier event id.",
+            ),
+            lag: gauge_vec(
+                LAG,
+                "Consumer lag in messages, by partition.",
+                &["partition"],
+            ),
+            watermark: gauge_vec(
+                WATERMARK,
+                "Event-time watermark, ms since the epoch, by partition.",
+                &["partition"],
+            ),
+            acked_frontier: gauge(
+                ACKED_FRONTIER,
+                "Watermark time before which every output is in ClickHouse, ms.",
+            ),
+            sink_batch_rows: histogram_vec(
+                SINK_BATCH_ROWS,
+                "Rows per ClickHouse insert.",
+                prometheus::exponential_buckets(1.0, 4.0, 10).unwrap_or_default(),
+            ),
+            sink_batch_seconds: histogram_vec(
+                SINK_BATCH_SECONDS,
+                "Seconds per ClickHouse insert, retries included.",
+                prometheus::exponential_buckets(0.001, 2.0, 16).unwrap_or_default(),
+            ),
             sink_backlog: gauge(SINK_BACKLOG, "Rows buffered or in flight to ClickHouse."),
-            ingest_accepted: counter(INGEST_ACCEPTED, "Events accepted by POST /events (acknowledged by Kafka)."),
-            ingest_rejected: counter_vec(INGEST_REJECTED, "Events rejected by POST /events, by reason.", &["reason"]),
-            http_requests: counter_vec(HTTP_REQUESTS, "HTTP requests, by route and status.", &["route", "status"]),
+            ingest_accepted: counter(
+                INGEST_ACCEPTED,
+                "Events accepted by POST /events (acknowledged by Kafka).",
+            ),
+            ingest_rejected: counter_vec(
+                INGEST_REJECTED,
+                "Events rejected by POST /events, by reason.",
+                &["reason"],
+            ),
+            http_requests: counter_vec(
+                HTTP_REQUESTS,
+                "HTTP requests, by route and status.",
+                &["route", "status"],
+            ),
         })
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -121,9 +163,16 @@ mod tests {
         let m = super::Metrics::get();
         m.events_read.inc();
         m.http_requests.with_label_values(&["/test", "200"]).inc();
-        let names: Vec<String> =
-            prometheus::default_registry().gather().iter().map(|f| f.name().to_owned()).collect();
-        for name in [super::EVENTS_READ, super::SINK_BACKLOG, super::HTTP_REQUESTS] {
+        let names: Vec<String> = prometheus::default_registry()
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        for name in [
+            super::EVENTS_READ,
+            super::SINK_BACKLOG,
+            super::HTTP_REQUESTS,
+        ] {
             assert!(names.iter().any(|n| n == name), "{name} not registered");
         }
     }

@@ -27,7 +27,10 @@ impl PendingOffsets {
         let owed = self.partitions.entry(partition).or_default();
         owed.next = Some(owed.next.map_or(offset + 1, |n| n.max(offset + 1)));
         if let Some(t) = settle_time {
-            owed.pending.entry(t).and_modify(|o| *o = (*o).min(offset)).or_insert(offset);
+            owed.pending
+                .entry(t)
+                .and_modify(|o| *o = (*o).min(offset))
+                .or_insert(offset);
         }
     }
 
@@ -67,7 +70,11 @@ mod tests {
         assert_eq!(p.committable(50), vec![(0, 10), (1, 7)]);
         // Frontier past 100: offset 11 and partition 1 settle, 10 is still owed until 500.
         assert_eq!(p.committable(101), vec![(0, 10), (1, 8)]);
-        assert_eq!(p.committable(500), vec![(0, 10), (1, 8)], "settle time 500 needs frontier > 500");
+        assert_eq!(
+            p.committable(500),
+            vec![(0, 10), (1, 8)],
+            "settle time 500 needs frontier > 500"
+        );
         assert_eq!(p.committable(501), vec![(0, 13), (1, 8)]);
         assert_eq!(p.owed_settle_times(), 0);
     }

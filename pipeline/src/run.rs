@@ -71,7 +71,10 @@ pub fn run(
         resume_frontier_ms = progress.acked_frontier_ms,
         "pipeline starting"
     );
-    runtime.spawn(retention_loop(settings.clickhouse.clone(), settings.pipeline.retention_check_secs));
+    runtime.spawn(retention_loop(
+        settings.clickhouse.clone(),
+        settings.pipeline.retention_check_secs,
+    ));
     let workers = settings.pipeline.workers;
     let shared = Arc::new(Shared {
         settings,
@@ -113,7 +116,9 @@ fn topic_partitions(config: &KafkaConfig) -> Result<Vec<i32>, PipelineError> {
         .map_err(|e| PipelineError::kafka("creating a metadata client", e))?;
     let metadata = consumer
         .fetch_metadata(Some(&config.topic), Duration::from_secs(10))
-        .map_err(|e| PipelineError::kafka(format!("reading metadata of topic {}", config.topic), e))?;
+        .map_err(|e| {
+            PipelineError::kafka(format!("reading metadata of topic {}", config.topic), e)
+        })?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -123,7 +128,10 @@ fn topic_partitions(config: &KafkaConfig) -> Result<Vec<i32>, PipelineError> {
     if partitions.is_empty() {
         return Err(PipelineError::Config {
             field: "kafka.topic",
-            reason: format!("topic `{}` does not exist; run `tally migrate` to create it", config.topic),
+            reason: format!(
+                "topic `{}` does not exist; run `tally migrate` to create it",
+                config.topic
+            ),
         });
     }
     Ok(partitions)
@@ -138,13 +146,22 @@ fn mono_ms(origin: Instant) -> u64 {
 fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError> {
     let s = &shared.settings;
     let (index, peers) = (worker.index(), worker.peers());
-    let mine: Vec<i32> = shared.partitions.iter().copied().filter(|p| *p as usize % peers == index).collect();
+    let mine: Vec<i32> = shared
+        .partitions
+        .iter()
+        .copied()
+        .filter(|p| *p as usize % peers == index)
+        .collect();
     let consumer = assign_consumer(&s.kafka, &mine, &shared.progress)?;
     let dlq: BaseProducer = producer_config(&s.kafka)
         .create()
         .map_err(|e| PipelineError::kafka("creating the dead-letter producer", e))?;
 
-    let spec = RollupSpec { windows: Window::ALL.to_vec(), grace_ms: s.pipeline.grace_ms, per_event_type: true };
+    let spec = RollupSpec {
+        windows: Window::ALL.to_vec(),
+        grace_ms: s.pipeline.grace_ms,
+        per_event_type: true,
+    };
     let counters = OperatorCounters::default();
     let ctx = SinkContext {
         writer: ClickHouseWriter::new(&s.clickhouse),
@@ -164,22 +181,36 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
     let sink_ctx = ctx.clone();
     worker.dataflow::<u64, _, _>(|scope| {
         let ticks = ticks_in.to_stream(scope);
-        let rollups = tally_topologies::product_analytics(events_in.to_stream(scope), ticks, &spec, &counters)
-            .map(SinkRecord::Rollup);
+        let rollups = tally_topologies::product_analytics(
+            events_in.to_stream(scope),
+            ticks,
+            &spec,
+            &counters,
+        )
+        .map(SinkRecord::Rollup);
         let raw = raw_in.to_stream(scope).map(SinkRecord::Event);
         clickhouse_sink(raw.concat(rollups), sink_ctx).probe_with(&probe);
     });
 
     // Resume one tick before the saved frontier: windows closing exactly at it are not yet
     // acknowledged as final, so they must still be open.
-    let resume = shared.progress.acked_frontier_ms.unwrap_or(0).saturating_sub(1);
+    let resume = shared
+        .progress
+        .acked_frontier_ms
+        .unwrap_or(0)
+        .saturating_sub(1);
     events_in.advance_to(resume);
     raw_in.advance_to(resume);
     ticks_in.advance_to(resume);
 
     let origin = Instant::now();
     let mut source = Source {
-        watermarks: Watermarks::new(&mine, s.pipeline.max_out_of_orderness_ms, s.pipeline.idle_timeout_ms, 0),
+        watermarks: Watermarks::new(
+            &mine,
+            s.pipeline.max_out_of_orderness_ms,
+            s.pipeline.idle_timeout_ms,
+            0,
+        ),
         owed: PendingOffsets::default(),
         next_offsets: BTreeMap::new(),
         dlq_written: Vec::new(),
@@ -210,8 +241,14 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
                         let now = mono_ms(origin);
                         match parse(&s.kafka.topic, &msg, s.clickhouse.retention_days) {
                             Ok(event) => {
-                                let settle = settled_after(&spec.windows, event.ts_ms, read_time, spec.grace_ms);
-                                let ingested = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+                                let settle = settled_after(
+                                    &spec.windows,
+                                    event.ts_ms,
+                                    read_time,
+                                    spec.grace_ms,
+                                );
+                                let ingested =
+                                    u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
                                 raw_in.send(event.row(ingested, p, o));
                                 events_in.send(event.observation());
                                 source.owed.read(p, o, Some(settle));
@@ -242,7 +279,9 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
                 source.owed.read(p, o, None);
             }
         }
-        if let Some(wm) = global_watermark(shared, index, source.watermarks.summary(mono_ms(origin))) {
+        if let Some(wm) =
+            global_watermark(shared, index, source.watermarks.summary(mono_ms(origin)))
+        {
             if wm > *events_in.time() {
                 events_in.advance_to(wm);
                 raw_in.advance_to(wm);
@@ -253,7 +292,11 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
             ticks_in.send(());
             last_tick = Instant::now();
         }
-        worker.step_or_park(Some(if read == 0 { Duration::from_millis(10) } else { Duration::ZERO }));
+        worker.step_or_park(Some(if read == 0 {
+            Duration::from_millis(10)
+        } else {
+            Duration::ZERO
+        }));
         if last_commit.elapsed() >= Duration::from_millis(s.pipeline.commit_interval_ms) {
             let frontier = acked_frontier(&probe, *events_in.time());
             if frontier > saved_frontier || index == 0 {
@@ -335,7 +378,11 @@ impl rdkafka::consumer::ConsumerContext for SourceContext {}
 
 type SourceConsumer = BaseConsumer<SourceContext>;
 
-fn assign_consumer(config: &KafkaConfig, mine: &[i32], progress: &Progress) -> Result<SourceConsumer, PipelineError> {
+fn assign_consumer(
+    config: &KafkaConfig,
+    mine: &[i32],
+    progress: &Progress,
+) -> Result<SourceConsumer, PipelineError> {
     let consumer: SourceConsumer = client_config(config)
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
@@ -355,13 +402,21 @@ fn assign_consumer(config: &KafkaConfig, mine: &[i32], progress: &Progress) -> R
         tpl.add_partition_offset(&config.topic, p, offset)
             .map_err(|e| PipelineError::kafka("building the assignment", e))?;
     }
-    consumer.assign(&tpl).map_err(|e| PipelineError::kafka("assigning partitions", e))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| PipelineError::kafka("assigning partitions", e))?;
     Ok(consumer)
 }
 
-fn parse(topic: &str, msg: &rdkafka::message::BorrowedMessage<'_>, retention_days: u32) -> Result<Event, crate::event::Invalid> {
+fn parse(
+    topic: &str,
+    msg: &rdkafka::message::BorrowedMessage<'_>,
+    retention_days: u32,
+) -> Result<Event, crate::event::Invalid> {
     let bytes = msg.payload().unwrap_or_default();
-    Event::parse(bytes, Clock::wall(retention_days), || id_from_position(topic, msg.partition(), msg.offset()))
+    Event::parse(bytes, Clock::wall(retention_days), || {
+        id_from_position(topic, msg.partition(), msg.offset())
+    })
 }
 
 fn send_to_dlq(
@@ -373,18 +428,32 @@ fn send_to_dlq(
     let reason = reason.to_string();
     let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
     let headers = OwnedHeaders::new()
-        .insert(Header { key: "tally.dlq.reason", value: Some(reason.as_bytes()) })
-        .insert(Header { key: "tally.dlq.source.partition", value: Some(partition.as_bytes()) })
-        .insert(Header { key: "tally.dlq.source.offset", value: Some(offset.as_bytes()) });
+        .insert(Header {
+            key: "tally.dlq.reason",
+            value: Some(reason.as_bytes()),
+        })
+        .insert(Header {
+            key: "tally.dlq.source.partition",
+            value: Some(partition.as_bytes()),
+        })
+        .insert(Header {
+            key: "tally.dlq.source.offset",
+            value: Some(offset.as_bytes()),
+        });
     let payload = msg.payload().unwrap_or_default();
-    let mut record = BaseRecord::<[u8], [u8]>::to(&config.dlq_topic).payload(payload).headers(headers);
+    let mut record = BaseRecord::<[u8], [u8]>::to(&config.dlq_topic)
+        .payload(payload)
+        .headers(headers);
     if let Some(key) = msg.key() {
         record = record.key(key);
     }
     loop {
         match dlq.send(record) {
             Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+            Err((
+                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                r,
+            )) => {
                 record = r;
                 dlq.poll(Duration::from_millis(100));
             }
@@ -398,13 +467,24 @@ fn acked_frontier(probe: &ProbeHandle<u64>, current: u64) -> u64 {
     probe.with_frontier(|f| f.first().copied().unwrap_or(current))
 }
 
-fn save_progress(shared: &Shared, source: &mut Source, consumer: &SourceConsumer, frontier: u64) -> Result<(), PipelineError> {
+fn save_progress(
+    shared: &Shared,
+    source: &mut Source,
+    consumer: &SourceConsumer,
+    frontier: u64,
+) -> Result<(), PipelineError> {
     let s = &shared.settings;
     let offsets = source.owed.committable(frontier);
     if frontier == 0 && offsets.is_empty() {
         return Ok(());
     }
-    let save = postgres::save_progress(&shared.pool, &s.pipeline.name, &s.kafka.topic, &offsets, frontier);
+    let save = postgres::save_progress(
+        &shared.pool,
+        &s.pipeline.name,
+        &s.kafka.topic,
+        &offsets,
+        frontier,
+    );
     if let Err(e) = shared.runtime.block_on(save) {
         // Progress is only a resume point: failing to save it loses nothing, it means more
         // replay after a restart. Keep running and try again at the next interval.
@@ -421,27 +501,37 @@ fn save_progress(shared: &Shared, source: &mut Source, consumer: &SourceConsumer
             tracing::debug!(error = %e, "kafka offset commit failed");
         }
     }
-    Metrics::get().acked_frontier.set(i64::try_from(frontier).unwrap_or(i64::MAX));
+    Metrics::get()
+        .acked_frontier
+        .set(i64::try_from(frontier).unwrap_or(i64::MAX));
     Ok(())
 }
 
 fn export_counters(counters: &OperatorCounters, backlog: usize, _frontier: u64) {
     let m = Metrics::get();
     for w in Window::ALL {
-        m.late.with_label_values(&[w.label()]).set(i64::try_from(counters.late(w)).unwrap_or(i64::MAX));
+        m.late
+            .with_label_values(&[w.label()])
+            .set(i64::try_from(counters.late(w)).unwrap_or(i64::MAX));
     }
-    m.duplicates.set(i64::try_from(counters.duplicates()).unwrap_or(i64::MAX));
-    m.sink_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
+    m.duplicates
+        .set(i64::try_from(counters.duplicates()).unwrap_or(i64::MAX));
+    m.sink_backlog
+        .set(i64::try_from(backlog).unwrap_or(i64::MAX));
 }
 
 fn export_lag(consumer: &SourceConsumer, topic: &str, source: &Source) {
     let m = Metrics::get();
     for (&p, &next) in &source.next_offsets {
         if let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(1)) {
-            m.lag.with_label_values(&[&p.to_string()]).set((high - next).max(0));
+            m.lag
+                .with_label_values(&[&p.to_string()])
+                .set((high - next).max(0));
         }
         if let Some(wm) = source.watermarks.partition(p) {
-            m.watermark.with_label_values(&[&p.to_string()]).set(i64::try_from(wm).unwrap_or(i64::MAX));
+            m.watermark
+                .with_label_values(&[&p.to_string()])
+                .set(i64::try_from(wm).unwrap_or(i64::MAX));
         }
     }
 }
@@ -455,8 +545,11 @@ async fn retention_loop(config: ClickHouseConfig, every_secs: u64) {
             Ok(ddl) if ddl.contains("TTL") => return,
             Ok(_) => {
                 let now = chrono::Utc::now().timestamp();
-                match tally_sinks::clickhouse::drop_expired_partitions(&client, &config, now).await {
-                    Ok(dropped) if !dropped.is_empty() => tracing::info!(?dropped, "dropped expired partitions"),
+                match tally_sinks::clickhouse::drop_expired_partitions(&client, &config, now).await
+                {
+                    Ok(dropped) if !dropped.is_empty() => {
+                        tracing::info!(?dropped, "dropped expired partitions")
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "retention check failed"),
                 }

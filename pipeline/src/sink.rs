@@ -89,7 +89,10 @@ impl Batch {
             is_final: u8::from(row.is_final),
             version: self.last_version,
         };
-        self.rollups.insert((key.window.index() as u8, key.start_ms, key.event_type), record);
+        self.rollups.insert(
+            (key.window.index() as u8, key.start_ms, key.event_type),
+            record,
+        );
     }
 }
 
@@ -152,10 +155,19 @@ fn spawn_write(
     ctx: &SinkContext,
     waker: timely::scheduling::SyncActivator,
 ) -> (Capability<u64>, Arc<AtomicU8>, usize) {
-    let Batch { cap, events, rollups, .. } = batch;
+    let Batch {
+        cap,
+        events,
+        rollups,
+        ..
+    } = batch;
     let rows = events.len() + rollups.len();
     let status = Arc::new(AtomicU8::new(PENDING));
-    let (writer, fatal, done) = (ctx.writer.clone(), Arc::clone(&ctx.fatal), Arc::clone(&status));
+    let (writer, fatal, done) = (
+        ctx.writer.clone(),
+        Arc::clone(&ctx.fatal),
+        Arc::clone(&status),
+    );
     let rollups: Vec<RollupRecord> = rollups.into_values().collect();
     ctx.runtime.spawn(async move {
         let metrics = Metrics::get();

@@ -28,8 +28,16 @@ pub struct Watermarks {
 impl Watermarks {
     /// Tracks `partitions`, starting at `now_ms`.
     pub fn new(partitions: &[i32], bound_ms: u64, idle_ms: u64, now_ms: u64) -> Self {
-        let p = Partition { max_ts: None, last_message_ms: now_ms, at_end: false };
-        Watermarks { bound_ms, idle_ms, partitions: partitions.iter().map(|&i| (i, p.clone())).collect() }
+        let p = Partition {
+            max_ts: None,
+            last_message_ms: now_ms,
+            at_end: false,
+        };
+        Watermarks {
+            bound_ms,
+            idle_ms,
+            partitions: partitions.iter().map(|&i| (i, p.clone())).collect(),
+        }
     }
 
     /// Records an event at `ts_ms` from `partition`.
@@ -64,13 +72,16 @@ impl Watermarks {
 
     /// What this worker's partitions say at `now_ms`, to combine with other workers'.
     pub fn summary(&self, now_ms: u64) -> Summary {
-        let idle = |p: &Partition| p.at_end && now_ms.saturating_sub(p.last_message_ms) >= self.idle_ms;
+        let idle =
+            |p: &Partition| p.at_end && now_ms.saturating_sub(p.last_message_ms) >= self.idle_ms;
         let wm = |p: &Partition| p.max_ts.map(|m| m.saturating_sub(self.bound_ms));
         let mut active = self.partitions.values().filter(|p| !idle(p)).peekable();
         let has_active = active.peek().is_some();
         Summary {
             has_active,
-            active_min: active.map(wm).try_fold(u64::MAX, |acc, w| w.map(|w| acc.min(w))),
+            active_min: active
+                .map(wm)
+                .try_fold(u64::MAX, |acc, w| w.map(|w| acc.min(w))),
             max: self.partitions.values().filter_map(wm).max(),
         }
     }
@@ -97,7 +108,10 @@ pub struct Summary {
 /// matters: a worker whose partitions all went quiet must not hold back the others.
 pub fn combine(workers: &[Summary]) -> Option<u64> {
     if workers.iter().any(|w| w.has_active) {
-        workers.iter().filter(|w| w.has_active).try_fold(u64::MAX, |acc, w| w.active_min.map(|m| acc.min(m)))
+        workers
+            .iter()
+            .filter(|w| w.has_active)
+            .try_fold(u64::MAX, |acc, w| w.active_min.map(|m| acc.min(m)))
     } else {
         workers.iter().filter_map(|w| w.max).max()
     }
@@ -112,7 +126,11 @@ mod tests {
         let mut w = Watermarks::new(&[0, 1], 5_000, 10_000, 0);
         assert_eq!(w.current(0), None);
         w.observe(0, 100_000, 1);
-        assert_eq!(w.current(1), None, "partition 1 has delivered nothing and is not idle");
+        assert_eq!(
+            w.current(1),
+            None,
+            "partition 1 has delivered nothing and is not idle"
+        );
         w.observe(1, 50_000, 2);
         assert_eq!(w.current(2), Some(45_000));
         w.observe(1, 40_000, 3); // out of order: does not lower the watermark
@@ -145,13 +163,22 @@ mod tests {
         b.observe(1, 500_000, 15_000);
         a.end_of_partition(0);
         // Worker a is all idle; worker b is active: b's partition decides.
-        assert_eq!(combine(&[a.summary(15_000), b.summary(15_000)]), Some(495_000));
+        assert_eq!(
+            combine(&[a.summary(15_000), b.summary(15_000)]),
+            Some(495_000)
+        );
         // Both active: the minimum.
         a.observe(0, 200_000, 16_000);
-        assert_eq!(combine(&[a.summary(16_000), b.summary(16_000)]), Some(195_000));
+        assert_eq!(
+            combine(&[a.summary(16_000), b.summary(16_000)]),
+            Some(195_000)
+        );
         // A worker with no partitions is neutral.
         let none = Watermarks::new(&[], 5_000, 10_000, 0);
-        assert_eq!(combine(&[none.summary(16_000), b.summary(16_000)]), Some(495_000));
+        assert_eq!(
+            combine(&[none.summary(16_000), b.summary(16_000)]),
+            Some(495_000)
+        );
     }
 
     #[test]

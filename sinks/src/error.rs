@@ -44,18 +44,31 @@ pub enum SinkError {
 
 /// ClickHouse error codes that are worth retrying: memory limit, too many simultaneous queries,
 /// too many parts, timeouts, network errors, a table in read-only mode.
-const RETRYABLE_CLICKHOUSE_CODES: &[&str] =
-    &["Code: 241", "Code: 202", "Code: 252", "Code: 159", "Code: 209", "Code: 210", "Code: 242"];
+const RETRYABLE_CLICKHOUSE_CODES: &[&str] = &[
+    "Code: 241",
+    "Code: 202",
+    "Code: 252",
+    "Code: 159",
+    "Code: 209",
+    "Code: 210",
+    "Code: 242",
+];
 
 impl SinkError {
     /// Builds a ClickHouse error with context.
     pub fn clickhouse(context: impl Into<String>, source: ::clickhouse::error::Error) -> Self {
-        SinkError::ClickHouse { context: context.into(), source }
+        SinkError::ClickHouse {
+            context: context.into(),
+            source,
+        }
     }
 
     /// Builds a PostgreSQL error with context.
     pub fn postgres(context: impl Into<String>, source: sqlx::Error) -> Self {
-        SinkError::Postgres { context: context.into(), source }
+        SinkError::Postgres {
+            context: context.into(),
+            source,
+        }
     }
 
     /// Whether retrying may help.

@@ -8,7 +8,9 @@ pub fn enabled(test: &str) -> bool {
     if std::env::var("TALLY_E2E").as_deref() == Ok("1") {
         return true;
     }
-    eprintln!("skipping {test}: set TALLY_E2E=1 with the local stack up (deploy/local/test.sh does both)");
+    eprintln!(
+        "skipping {test}: set TALLY_E2E=1 with the local stack up (deploy/local/test.sh does both)"
+    );
     false
 }
 

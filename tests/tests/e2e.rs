@@ -90,8 +90,14 @@ fn events(rng: &mut Rng, start: u64, span: u64, count: usize) -> Vec<Ev> {
 /// The oracle: values per (window, start, event type filter).
 fn oracle(evs: &[Ev], window_ms: u64, event_type: Option<&str>) -> BTreeMap<u64, [u64; 4]> {
     let mut groups: BTreeMap<u64, Vec<&Ev>> = BTreeMap::new();
-    for e in evs.iter().filter(|e| event_type.is_none_or(|t| t == e.event_type)) {
-        groups.entry(e.ts_ms - e.ts_ms % window_ms).or_default().push(e);
+    for e in evs
+        .iter()
+        .filter(|e| event_type.is_none_or(|t| t == e.event_type))
+    {
+        groups
+            .entry(e.ts_ms - e.ts_ms % window_ms)
+            .or_default()
+            .push(e);
     }
     groups
         .into_iter()
@@ -99,7 +105,15 @@ fn oracle(evs: &[Ev], window_ms: u64, event_type: Option<&str>) -> BTreeMap<u64,
             let users: BTreeSet<&str> = es.iter().map(|e| e.user.as_str()).collect();
             let sessions: BTreeSet<&str> = es.iter().filter_map(|e| e.session.as_deref()).collect();
             let types: BTreeSet<&str> = es.iter().map(|e| e.event_type.as_str()).collect();
-            (start, [es.len() as u64, users.len() as u64, sessions.len() as u64, types.len() as u64])
+            (
+                start,
+                [
+                    es.len() as u64,
+                    users.len() as u64,
+                    sessions.len() as u64,
+                    types.len() as u64,
+                ],
+            )
         })
         .collect()
 }
@@ -123,7 +137,13 @@ fn stack(tag: &str) -> Stack {
         batch_ms: 300,
         ..ClickHouseConfig::default()
     };
-    let postgres = PostgresConfig { url: env_or("TALLY_POSTGRES__URL", "postgres://tally@127.0.0.1:5432/tally"), ..PostgresConfig::default() };
+    let postgres = PostgresConfig {
+        url: env_or(
+            "TALLY_POSTGRES__URL",
+            "postgres://tally@127.0.0.1:5432/tally",
+        ),
+        ..PostgresConfig::default()
+    };
     let pipeline = PipelineConfig {
         name: format!("e2e_{tag}"),
         workers: 2,
@@ -132,18 +152,52 @@ fn stack(tag: &str) -> Stack {
         commit_interval_ms: 300,
         ..PipelineConfig::default()
     };
-    Stack { settings: PipelineSettings { kafka, clickhouse, postgres, pipeline }, api: String::new(), http: reqwest::Client::new() }
+    Stack {
+        settings: PipelineSettings {
+            kafka,
+            clickhouse,
+            postgres,
+            pipeline,
+        },
+        api: String::new(),
+        http: reqwest::Client::new(),
+    }
 }
 
-fn start_pipeline(settings: &PipelineSettings, rt: &tokio::runtime::Runtime) -> (Arc<AtomicBool>, JoinHandle<Result<(), tally_pipeline::PipelineError>>) {
+fn start_pipeline(
+    settings: &PipelineSettings,
+    rt: &tokio::runtime::Runtime,
+) -> (
+    Arc<AtomicBool>,
+    JoinHandle<Result<(), tally_pipeline::PipelineError>>,
+) {
     let stop = Arc::new(AtomicBool::new(false));
     let (s, h, flag) = (settings.clone(), rt.handle().clone(), Arc::clone(&stop));
-    (stop, std::thread::spawn(move || tally_pipeline::run(s, h, flag)))
+    (
+        stop,
+        std::thread::spawn(move || tally_pipeline::run(s, h, flag)),
+    )
 }
 
-async fn report(st: &Stack, metric: &str, window: &str, from: u64, to: u64, event_type: Option<&str>) -> anyhow::Result<Value> {
-    let iso = |ms: u64| DateTime::<Utc>::from_timestamp_millis(ms as i64).map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)).unwrap_or_default();
-    let mut url = format!("{}/reports?metric={metric}&window={window}&from={}&to={}", st.api, iso(from), iso(to));
+async fn report(
+    st: &Stack,
+    metric: &str,
+    window: &str,
+    from: u64,
+    to: u64,
+    event_type: Option<&str>,
+) -> anyhow::Result<Value> {
+    let iso = |ms: u64| {
+        DateTime::<Utc>::from_timestamp_millis(ms as i64)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+            .unwrap_or_default()
+    };
+    let mut url = format!(
+        "{}/reports?metric={metric}&window={window}&from={}&to={}",
+        st.api,
+        iso(from),
+        iso(to)
+    );
     if let Some(t) = event_type {
         url.push_str(&format!("&event_type={t}"));
     }
@@ -154,7 +208,12 @@ async fn report(st: &Stack, metric: &str, window: &str, from: u64, to: u64, even
 
 /// Every point of every metric, window and filter equals the oracle.
 async fn check_reports(st: &Stack, evs: &[Ev], from: u64, to: u64) -> anyhow::Result<()> {
-    let metrics = ["events", "unique_users", "unique_sessions", "unique_event_types"];
+    let metrics = [
+        "events",
+        "unique_users",
+        "unique_sessions",
+        "unique_event_types",
+    ];
     for (window, ms) in [("1m", 60_000u64), ("1h", 3_600_000), ("1d", 86_400_000)] {
         for filter in [None, Some("click"), Some("purchase")] {
             let want = oracle(evs, ms, filter);
@@ -163,14 +222,25 @@ async fn check_reports(st: &Stack, evs: &[Ev], from: u64, to: u64) -> anyhow::Re
                     continue;
                 }
                 let got = report(st, metric, window, from, to, filter).await?;
-                let points = got["points"].as_array().ok_or_else(|| anyhow!("no points"))?;
+                let points = got["points"]
+                    .as_array()
+                    .ok_or_else(|| anyhow!("no points"))?;
                 let first = from - from % ms;
-                ensure!(points.len() as u64 == (to - first).div_ceil(ms), "{window}: {} points", points.len());
+                ensure!(
+                    points.len() as u64 == (to - first).div_ceil(ms),
+                    "{window}: {} points",
+                    points.len()
+                );
                 for p in points {
-                    let start = DateTime::parse_from_rfc3339(p["window_start"].as_str().unwrap_or(""))?.timestamp_millis() as u64;
+                    let start =
+                        DateTime::parse_from_rfc3339(p["window_start"].as_str().unwrap_or(""))?
+                            .timestamp_millis() as u64;
                     let expected = want.get(&start).map_or(0, |v| v[mi]);
                     let value = p["value"].as_u64().unwrap_or(u64::MAX);
-                    ensure!(value == expected, "{metric} {window} {filter:?} at {start}: got {value}, want {expected}");
+                    ensure!(
+                        value == expected,
+                        "{metric} {window} {filter:?} at {start}: got {value}, want {expected}"
+                    );
                 }
             }
         }
@@ -179,16 +249,28 @@ async fn check_reports(st: &Stack, evs: &[Ev], from: u64, to: u64) -> anyhow::Re
 }
 
 async fn check_summary(st: &Stack, evs: &[Ev], from: u64, to: u64) -> anyhow::Result<()> {
-    let iso = |ms: u64| DateTime::<Utc>::from_timestamp_millis(ms as i64).map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)).unwrap_or_default();
+    let iso = |ms: u64| {
+        DateTime::<Utc>::from_timestamp_millis(ms as i64)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+            .unwrap_or_default()
+    };
     for filter in [None, Some("signup")] {
-        let sel: Vec<&Ev> = evs.iter().filter(|e| e.ts_ms >= from && e.ts_ms < to && filter.is_none_or(|t| t == e.event_type)).collect();
+        let sel: Vec<&Ev> = evs
+            .iter()
+            .filter(|e| e.ts_ms >= from && e.ts_ms < to && filter.is_none_or(|t| t == e.event_type))
+            .collect();
         let want = json!({
             "events": sel.len(),
             "unique_users": sel.iter().map(|e| &e.user).collect::<BTreeSet<_>>().len(),
             "unique_sessions": sel.iter().filter_map(|e| e.session.as_ref()).collect::<BTreeSet<_>>().len(),
             "unique_event_types": sel.iter().map(|e| &e.event_type).collect::<BTreeSet<_>>().len(),
         });
-        let mut url = format!("{}/reports/summary?from={}&to={}", st.api, iso(from), iso(to));
+        let mut url = format!(
+            "{}/reports/summary?from={}&to={}",
+            st.api,
+            iso(from),
+            iso(to)
+        );
         if let Some(t) = filter {
             url.push_str(&format!("&event_type={t}"));
         }
@@ -199,7 +281,12 @@ async fn check_summary(st: &Stack, evs: &[Ev], from: u64, to: u64) -> anyhow::Re
 }
 
 async fn post(st: &Stack, body: &Value) -> anyhow::Result<(u16, Value)> {
-    let resp = st.http.post(format!("{}/events", st.api)).json(body).send().await?;
+    let resp = st
+        .http
+        .post(format!("{}/events", st.api))
+        .json(body)
+        .send()
+        .await?;
     Ok((resp.status().as_u16(), resp.json().await?))
 }
 
@@ -210,7 +297,9 @@ fn events_flow_to_exact_reports_across_a_restart() -> anyhow::Result<()> {
     }
     let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let mut st = stack(&tag);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let s = st.settings.clone();
     rt.block_on(async {
         tally_pipeline::kafka::ensure_topics(&s.kafka).await?;
@@ -233,7 +322,11 @@ fn events_flow_to_exact_reports_across_a_restart() -> anyhow::Result<()> {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        tokio::spawn(tally_api::serve(listener, tally_api::router(state), std::future::pending()));
+        tokio::spawn(tally_api::serve(
+            listener,
+            tally_api::router(state),
+            std::future::pending(),
+        ));
         anyhow::Ok(addr)
     })?;
     st.api = format!("http://{api_addr}");
@@ -249,31 +342,69 @@ fn events_flow_to_exact_reports_across_a_restart() -> anyhow::Result<()> {
         for chunk in all[..1_000].chunks(250) {
             let mut body: Vec<Value> = chunk.iter().map(Ev::json).collect();
             body.push(json!({"event_type": "click", "timestamp": now}));
-            body.push(json!({"event_type": "click", "user_id": "u", "timestamp": now + 2 * 86_400_000}));
+            body.push(
+                json!({"event_type": "click", "user_id": "u", "timestamp": now + 2 * 86_400_000}),
+            );
             let (status, resp) = post(&st, &Value::Array(body)).await?;
             ensure!(status == 400, "mixed batch: status {status}");
             ensure!(resp["accepted"] == json!(chunk.len()), "accepted: {resp}");
-            let reasons: Vec<&str> = resp["rejected"].as_array().into_iter().flatten().filter_map(|r| r["reason"].as_str()).collect();
-            ensure!(reasons == ["`user_id` is required", "`timestamp` is more than 1 day in the future"], "{reasons:?}");
+            let reasons: Vec<&str> = resp["rejected"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["reason"].as_str())
+                .collect();
+            ensure!(
+                reasons
+                    == [
+                        "`user_id` is required",
+                        "`timestamp` is more than 1 day in the future"
+                    ],
+                "{reasons:?}"
+            );
         }
         let (status, _) = post(&st, &json!(vec![all[0].json(); 1_001])).await?;
         ensure!(status == 413, "1001 events: status {status}");
         // Straight to Kafka, with malformed messages among them.
-        let producer: FutureProducer = tally_pipeline::kafka::producer_config(&st.settings.kafka).create()?;
+        let producer: FutureProducer =
+            tally_pipeline::kafka::producer_config(&st.settings.kafka).create()?;
         let topic = st.settings.kafka.topic.clone();
         for e in &all[1_000..] {
             let payload = e.json().to_string();
-            producer.send(FutureRecord::to(&topic).key(&e.user).payload(&payload), Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&e.user).payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)?;
         }
-        for bad in ["{not json", r#"{"event_type":"x","user_id":"u","timestamp":1,"extra":true}"#] {
-            producer.send(FutureRecord::<str, str>::to(&topic).payload(bad), Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
+        for bad in [
+            "{not json",
+            r#"{"event_type":"x","user_id":"u","timestamp":1,"extra":true}"#,
+        ] {
+            producer
+                .send(
+                    FutureRecord::<str, str>::to(&topic).payload(bad),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)?;
         }
         anyhow::Ok(())
     })?;
 
     let (from, to) = (start - 60_000, start + 3 * 3_600_000);
-    rt.block_on(eventually("reports match the oracle", Duration::from_secs(90), || check_reports(&st, &all, from, to)))?;
-    rt.block_on(eventually("summary matches the oracle", Duration::from_secs(30), || check_summary(&st, &all, start, start + 90 * 60_000)))?;
+    rt.block_on(eventually(
+        "reports match the oracle",
+        Duration::from_secs(90),
+        || check_reports(&st, &all, from, to),
+    ))?;
+    rt.block_on(eventually(
+        "summary matches the oracle",
+        Duration::from_secs(30),
+        || check_summary(&st, &all, start, start + 90 * 60_000),
+    ))?;
 
     // Dead letters carry their reason.
     let dlq: BaseConsumer = tally_pipeline::kafka::client_config(&st.settings.kafka)
@@ -286,18 +417,27 @@ fn events_flow_to_exact_reports_across_a_restart() -> anyhow::Result<()> {
     while reasons.len() < 2 && std::time::Instant::now() < deadline {
         if let Some(Ok(m)) = dlq.poll(Duration::from_millis(500)) {
             let headers = m.headers().context("dead letter without headers")?;
-            let reason = headers.iter().find(|h| h.key == "tally.dlq.reason").and_then(|h| h.value).context("no reason header")?;
+            let reason = headers
+                .iter()
+                .find(|h| h.key == "tally.dlq.reason")
+                .and_then(|h| h.value)
+                .context("no reason header")?;
             reasons.push(String::from_utf8_lossy(reason).into_owned());
         }
     }
     reasons.sort();
     ensure!(reasons.len() == 2, "dead letters: {reasons:?}");
-    ensure!(reasons[0].starts_with("not valid JSON") && reasons[1].contains("unknown field `extra`"), "{reasons:?}");
+    ensure!(
+        reasons[0].starts_with("not valid JSON") && reasons[1].contains("unknown field `extra`"),
+        "{reasons:?}"
+    );
 
     // Restart: stop (drain and save progress), start again, add events, and everything must
     // still match: nothing lost, nothing counted twice.
     stop.store(true, Ordering::SeqCst);
-    pipeline.join().map_err(|_| anyhow!("pipeline panicked"))??;
+    pipeline
+        .join()
+        .map_err(|_| anyhow!("pipeline panicked"))??;
     let (stop, pipeline) = start_pipeline(&st.settings, &rt);
     let more = events(&mut rng, start + 95 * 60_000, 20 * 60_000, 300);
     rt.block_on(async {
@@ -311,25 +451,52 @@ fn events_flow_to_exact_reports_across_a_restart() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     all.extend(more);
-    all.push(Ev { id: None, event_type: "page_view".into(), user: "late-user".into(), session: None, ts_ms: now });
+    all.push(Ev {
+        id: None,
+        event_type: "page_view".into(),
+        user: "late-user".into(),
+        session: None,
+        ts_ms: now,
+    });
     let to = now + 60_000;
-    rt.block_on(eventually("reports match after restart", Duration::from_secs(90), || check_reports(&st, &all, from, to)))?;
-    rt.block_on(eventually("summary matches after restart", Duration::from_secs(30), || check_summary(&st, &all, from, to)))?;
+    rt.block_on(eventually(
+        "reports match after restart",
+        Duration::from_secs(90),
+        || check_reports(&st, &all, from, to),
+    ))?;
+    rt.block_on(eventually(
+        "summary matches after restart",
+        Duration::from_secs(30),
+        || check_summary(&st, &all, from, to),
+    ))?;
     // Every window of the generated range is final.
     let window_end = start + 115 * 60_000;
-    rt.block_on(eventually("windows before the last event are final", Duration::from_secs(60), || async {
-        let r = report(&st, "events", "1m", from, to, None).await?;
-        let cu = r["complete_until"].as_str().ok_or_else(|| anyhow!("complete_until is null"))?;
-        let cu = DateTime::parse_from_rfc3339(cu)?.timestamp_millis() as u64;
-        ensure!(cu >= window_end, "complete_until {cu} < {window_end}");
-        Ok(())
-    }))?;
+    rt.block_on(eventually(
+        "windows before the last event are final",
+        Duration::from_secs(60),
+        || async {
+            let r = report(&st, "events", "1m", from, to, None).await?;
+            let cu = r["complete_until"]
+                .as_str()
+                .ok_or_else(|| anyhow!("complete_until is null"))?;
+            let cu = DateTime::parse_from_rfc3339(cu)?.timestamp_millis() as u64;
+            ensure!(cu >= window_end, "complete_until {cu} < {window_end}");
+            Ok(())
+        },
+    ))?;
     stop.store(true, Ordering::SeqCst);
-    pipeline.join().map_err(|_| anyhow!("pipeline panicked"))??;
+    pipeline
+        .join()
+        .map_err(|_| anyhow!("pipeline panicked"))??;
     // Clean up what the test created in ClickHouse.
     rt.block_on(async {
         let ch = tally_sinks::clickhouse::connect(&st.settings.clickhouse, false);
-        ch.query(&format!("DROP DATABASE IF EXISTS {}", st.settings.clickhouse.database)).execute().await
+        ch.query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            st.settings.clickhouse.database
+        ))
+        .execute()
+        .await
     })?;
     Ok(())
 }

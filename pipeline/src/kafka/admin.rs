@@ -11,8 +11,9 @@ use crate::PipelineError;
 
 /// Creates the events and dead-letter topics if missing. Returns the topics it created.
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<Vec<String>, PipelineError> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(config).create().map_err(|e| PipelineError::kafka("creating an admin client", e))?;
+    let admin: AdminClient<DefaultClientContext> = client_config(config)
+        .create()
+        .map_err(|e| PipelineError::kafka("creating an admin client", e))?;
     let replication = || TopicReplication::Fixed(config.replication_factor);
     let topics = [
         NewTopic::new(&config.topic, config.partitions, replication()),

@@ -40,19 +40,28 @@ impl KafkaConfig {
     /// Checks the settings without contacting the brokers.
     pub fn validate(&self) -> Result<(), crate::PipelineError> {
         let bad = |field: &'static str, reason: &str| {
-            Err(crate::PipelineError::Config { field, reason: reason.to_owned() })
+            Err(crate::PipelineError::Config {
+                field,
+                reason: reason.to_owned(),
+            })
         };
         if self.brokers.trim().is_empty() {
             return bad("kafka.brokers", "must list at least one host:port");
         }
         let topic_ok = |t: &str| {
-            !t.is_empty() && t.len() <= 249 && t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            !t.is_empty()
+                && t.len() <= 249
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         };
         if !topic_ok(&self.topic) {
             return bad("kafka.topic", "must be 1-249 characters of [A-Za-z0-9._-]");
         }
         if !topic_ok(&self.dlq_topic) || self.dlq_topic == self.topic {
-            return bad("kafka.dlq_topic", "must be a valid topic name other than kafka.topic");
+            return bad(
+                "kafka.dlq_topic",
+                "must be a valid topic name other than kafka.topic",
+            );
         }
         if self.group_id.is_empty() {
             return bad("kafka.group_id", "must not be empty");

@@ -40,7 +40,11 @@ impl Features {
             .map_err(|e| SinkError::clickhouse("reading the server version", e))?;
         let probe = format!("{database}._tally_probe_ttl");
         let drop = format!("DROP TABLE IF EXISTS {probe}");
-        client.query(&drop).execute().await.map_err(|e| SinkError::clickhouse("probe", e))?;
+        client
+            .query(&drop)
+            .execute()
+            .await
+            .map_err(|e| SinkError::clickhouse("probe", e))?;
         let create = format!(
             "CREATE TABLE {probe} (d Date) ENGINE = MergeTree ORDER BY d TTL d + INTERVAL 1 DAY"
         );
@@ -49,7 +53,11 @@ impl Features {
             Err(clickhouse::error::Error::BadResponse(text)) if text.contains("Code: 62") => false,
             Err(e) => return Err(SinkError::clickhouse("probing TTL support", e)),
         };
-        client.query(&drop).execute().await.map_err(|e| SinkError::clickhouse("probe", e))?;
+        client
+            .query(&drop)
+            .execute()
+            .await
+            .map_err(|e| SinkError::clickhouse("probe", e))?;
         Ok(Features { version, ttl })
     }
 }

@@ -42,14 +42,28 @@ impl Default for ClickHouseConfig {
 impl ClickHouseConfig {
     /// Checks the settings without contacting the server.
     pub fn validate(&self) -> Result<(), SinkError> {
-        let bad = |field, reason: &str| Err(SinkError::Config { field, reason: reason.to_owned() });
+        let bad = |field, reason: &str| {
+            Err(SinkError::Config {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return bad("clickhouse.url", "must be an http:// or https:// URL of the HTTP interface");
+            return bad(
+                "clickhouse.url",
+                "must be an http:// or https:// URL of the HTTP interface",
+            );
         }
         if self.database.is_empty()
-            || !self.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || !self
+                .database
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
-            return bad("clickhouse.database", "must be non-empty and use only [A-Za-z0-9_]");
+            return bad(
+                "clickhouse.database",
+                "must be non-empty and use only [A-Za-z0-9_]",
+            );
         }
         if self.batch_rows == 0 {
             return bad("clickhouse.batch_rows", "must be at least 1");

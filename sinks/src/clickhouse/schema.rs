@@ -28,8 +28,16 @@ struct Migration {
 }
 
 const MIGRATIONS: &[Migration] = &[
-    Migration { id: 1, name: "create events", sql: events_ddl },
-    Migration { id: 2, name: "create rollups", sql: rollups_ddl },
+    Migration {
+        id: 1,
+        name: "create events",
+        sql: events_ddl,
+    },
+    Migration {
+        id: 2,
+        name: "create rollups",
+        sql: rollups_ddl,
+    },
 ];
 
 fn events_ddl(config: &ClickHouseConfig, features: &Features) -> String {
@@ -81,7 +89,12 @@ fn rollups_ddl(config: &ClickHouseConfig, _features: &Features) -> String {
 pub async fn migrate(config: &ClickHouseConfig) -> Result<MigrationReport, SinkError> {
     let client = connect(config, false);
     let db = &config.database;
-    exec(&client, &format!("CREATE DATABASE IF NOT EXISTS {db}"), "creating the database").await?;
+    exec(
+        &client,
+        &format!("CREATE DATABASE IF NOT EXISTS {db}"),
+        "creating the database",
+    )
+    .await?;
     let ledger = format!(
         "CREATE TABLE IF NOT EXISTS {db}.tally_migrations (
             id UInt32, name String, applied_at DateTime
@@ -108,7 +121,11 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<MigrationReport, SinkE
 }
 
 async fn exec(client: &Client, sql: &str, context: &str) -> Result<(), SinkError> {
-    client.query(sql).execute().await.map_err(|e| SinkError::clickhouse(context, e))
+    client
+        .query(sql)
+        .execute()
+        .await
+        .map_err(|e| SinkError::clickhouse(context, e))
 }
 
 #[derive(clickhouse::Row, Deserialize)]
@@ -134,7 +151,9 @@ pub async fn drop_expired_partitions(
     let cutoff = now_secs - i64::from(config.retention_days) * 86_400;
     let mut dropped = Vec::new();
     for p in parts {
-        let Some(yyyymm) = p.partition.trim_matches('\'').parse::<u32>().ok() else { continue };
+        let Some(yyyymm) = p.partition.trim_matches('\'').parse::<u32>().ok() else {
+            continue;
+        };
         if month_end_secs(yyyymm).is_some_and(|end| end <= cutoff) {
             let sql = format!("ALTER TABLE {db}.events DROP PARTITION {yyyymm}");
             exec(client, &sql, "dropping an expired partition").await?;
@@ -147,7 +166,11 @@ pub async fn drop_expired_partitions(
 /// First second after the month `yyyymm` (UTC), or `None` for a malformed value.
 fn month_end_secs(yyyymm: u32) -> Option<i64> {
     let (year, month) = (i32::try_from(yyyymm / 100).ok()?, yyyymm % 100);
-    let (y, m) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    let (y, m) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
     let first = chrono::NaiveDate::from_ymd_opt(y, m, 1)?;
     Some(first.and_hms_opt(0, 0, 0)?.and_utc().timestamp())
 }
@@ -168,7 +191,10 @@ mod tests {
     #[test]
     fn ttl_only_when_supported() {
         let config = ClickHouseConfig::default();
-        let mut f = Features { version: "x".into(), ttl: false };
+        let mut f = Features {
+            version: "x".into(),
+            ttl: false,
+        };
         assert!(!events_ddl(&config, &f).contains("TTL"));
         f.ttl = true;
         assert!(events_ddl(&config, &f).contains("TTL timestamp + INTERVAL 365 DAY"));

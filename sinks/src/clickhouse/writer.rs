@@ -19,17 +19,25 @@ pub struct ClickHouseWriter {
 impl ClickHouseWriter {
     /// A writer for the configured database.
     pub fn new(config: &ClickHouseConfig) -> Self {
-        ClickHouseWriter { client: connect(config, true) }
+        ClickHouseWriter {
+            client: connect(config, true),
+        }
     }
 
     /// Inserts raw events, retrying transient failures (see [`retry`]).
     pub async fn write_events(&self, rows: &[EventRow]) -> Result<(), SinkError> {
-        retry("insert into events", || insert(&self.client, "events", rows)).await
+        retry("insert into events", || {
+            insert(&self.client, "events", rows)
+        })
+        .await
     }
 
     /// Inserts rollup rows, retrying transient failures.
     pub async fn write_rollups(&self, rows: &[RollupRecord]) -> Result<(), SinkError> {
-        retry("insert into rollups", || insert(&self.client, "rollups", rows)).await
+        retry("insert into rollups", || {
+            insert(&self.client, "rollups", rows)
+        })
+        .await
     }
 }
 

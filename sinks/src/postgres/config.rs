@@ -16,7 +16,10 @@ pub struct PostgresConfig {
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        PostgresConfig { url: "postgres://tally@127.0.0.1:5432/tally".to_owned(), max_connections: 4 }
+        PostgresConfig {
+            url: "postgres://tally@127.0.0.1:5432/tally".to_owned(),
+            max_connections: 4,
+        }
     }
 }
 

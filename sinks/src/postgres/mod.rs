@@ -15,7 +15,9 @@ pub async fn connect(config: &PostgresConfig) -> Result<sqlx::PgPool, crate::Sin
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect(&config.url)
         .await
-        .map_err(|e| crate::SinkError::postgres(format!("connecting to {}", redact(&config.url)), e))
+        .map_err(|e| {
+            crate::SinkError::postgres(format!("connecting to {}", redact(&config.url)), e)
+        })
 }
 
 /// The URL without its password, for messages.

@@ -29,13 +29,12 @@ pub async fn load_progress(pool: &PgPool, pipeline: &str) -> Result<Progress, Si
     .fetch_all(pool)
     .await
     .map_err(|e| SinkError::postgres("loading offsets", e))?;
-    let frontier: Option<i64> = sqlx::query_scalar(
-        "SELECT acked_frontier_ms FROM pipeline_frontiers WHERE pipeline = $1",
-    )
-    .bind(pipeline)
-    .fetch_optional(pool)
-    .await
-    .map_err(|e| SinkError::postgres("loading the frontier", e))?;
+    let frontier: Option<i64> =
+        sqlx::query_scalar("SELECT acked_frontier_ms FROM pipeline_frontiers WHERE pipeline = $1")
+            .bind(pipeline)
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| SinkError::postgres("loading the frontier", e))?;
     Ok(Progress {
         offsets: rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
         acked_frontier_ms: frontier.and_then(|f| u64::try_from(f).ok()),
@@ -52,7 +51,10 @@ pub async fn save_progress(
     acked_frontier_ms: u64,
 ) -> Result<(), SinkError> {
     let ctx = |what: &'static str| move |e| SinkError::postgres(what, e);
-    let mut tx = pool.begin().await.map_err(ctx("starting a progress update"))?;
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(ctx("starting a progress update"))?;
     for &(partition, next_offset) in offsets {
         sqlx::query(
             "INSERT INTO pipeline_offsets (pipeline, topic, partition, next_offset)

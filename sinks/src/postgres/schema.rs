@@ -4,11 +4,10 @@ use sqlx::PgPool;
 
 use crate::SinkError;
 
-const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (
-        1,
-        "pipeline progress",
-        "CREATE TABLE IF NOT EXISTS pipeline_offsets (
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "pipeline progress",
+    "CREATE TABLE IF NOT EXISTS pipeline_offsets (
             pipeline    TEXT        NOT NULL,
             topic       TEXT        NOT NULL,
             partition   INTEGER     NOT NULL,
@@ -21,8 +20,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
             acked_frontier_ms BIGINT      NOT NULL,
             updated_at        TIMESTAMPTZ NOT NULL DEFAULT now()
         );",
-    ),
-];
+)];
 
 /// Applies every migration not yet recorded, each in its own transaction. Idempotent.
 pub async fn migrate(pool: &PgPool) -> Result<Vec<&'static str>, SinkError> {
@@ -42,7 +40,10 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<&'static str>, SinkError> {
     let mut applied = Vec::new();
     for &(id, name, sql) in MIGRATIONS.iter().filter(|(id, _, _)| !done.contains(id)) {
         let mut tx = pool.begin().await.map_err(ctx("starting a migration"))?;
-        sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(ctx("applying a migration"))?;
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx("applying a migration"))?;
         sqlx::query("INSERT INTO tally_migrations (id, name) VALUES ($1, $2)")
             .bind(id)
             .bind(name)

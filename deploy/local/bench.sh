@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# End-to-end baseline benchmark (a script, not a test): see docs/benchmarks.md.
+#
+#   bash deploy/local/bench.sh [EVENTS]      (default 200000)
+#
+# 1. Backfill EVENTS synthetic events (one hour of event time) into a fresh topic, then start
+#    `tally run` and time how long until ClickHouse holds every raw event and the final 1m
+#    rollups of that hour: pipeline throughput in events/s.
+# 2. With the pipeline caught up, write single probe events (unique event type) and time until
+#    the 1m rollup for the probe is queryable: produce-to-rollup delay (median of 5).
+# Uses its own topic, ClickHouse database and pipeline name; the local stack must be up.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:-200000}
+TAG=bench_$(date +%s)
+CH=${TALLY_CLICKHOUSE__URL:-http://127.0.0.1:8123}
+BROKERS=${TALLY_KAFKA__BROKERS:-127.0.0.1:9092}
+export TALLY_KAFKA__TOPIC=$TAG TALLY_KAFKA__DLQ_TOPIC=$TAG.dlq TALLY_CLICKHOUSE__DATABASE=$TAG \
+  TALLY_PIPELINE__NAME=$TAG TALLY_PIPELINE__IDLE_TIMEOUT_MS=2000 RUST_LOG=${RUST_LOG:-warn}
+ch() { curl -sS --data-binary "$1" "$CH/?database=$TAG"; }
+now_ms() { date +%s%3N; }
+
+cargo build --release -q
+bin=target/release/tally
+$bin migrate >/dev/null
+start=$(date -u -d '-2 hours' +%Y-%m-%dT%H:00:00Z)
+echo "== produce $N events (event time from $start, 1 h) into $TAG"
+t0=$(now_ms)
+$bin produce --count "$N" --rate 0 --start "$start" --seed 7 --disorder-ms 2000 >/dev/null
+t1=$(now_ms)
+echo "produce: $N events in $(( t1 - t0 )) ms ($(( N * 1000 / (t1 - t0 + 1) )) events/s)"
+
+echo "== pipeline: $bin run (workers=${TALLY_PIPELINE__WORKERS:-2})"
+$bin run & pid=$!
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
+t2=$(now_ms)
+until [ "$(ch 'SELECT count() FROM events')" -ge "$N" ] 2>/dev/null; do sleep 0.2; done
+t3=$(now_ms)
+echo "raw events in clickhouse: $N in $(( t3 - t2 )) ms ($(( N * 1000 / (t3 - t2 + 1) )) events/s)"
+# The hour's 1m windows are final once the watermark passes them (the topic goes idle, so the
+# watermark reaches the last event time); the last minute of the hour is the last to close.
+until [ "$(ch "SELECT count() FROM rollups WHERE granularity = '1m' AND event_type = '' AND is_final = 1")" -ge 60 ] 2>/dev/null; do sleep 0.2; done
+t4=$(now_ms)
+echo "final 1m rollups for the hour: after $(( t4 - t2 )) ms ($(( N * 1000 / (t4 - t2 + 1) )) events/s end to end)"
+sum=$(ch "SELECT sum(e) FROM (SELECT argMax(events, version) AS e FROM rollups WHERE granularity = '1h' AND event_type = '' GROUP BY window_start)")
+echo "check: 1h rollups sum to $sum events (raw: $(ch 'SELECT count() FROM events FINAL'), produced: $N)"
+
+echo "== produce-to-rollup delay (5 probes, pipeline caught up)"
+delays=()
+for i in 1 2 3 4 5; do
+  probe="probe_${i}_$RANDOM"
+  ts=$(now_ms)
+  printf '%s|{"event_type":"%s","user_id":"bench","timestamp":%s}\n' bench "$probe" "$ts" \
+    | kcat -P -b "$BROKERS" -t "$TAG" -K '|'
+  until [ "$(ch "SELECT count() FROM rollups WHERE granularity = '1m' AND event_type = '$probe'")" -ge 1 ] 2>/dev/null; do sleep 0.05; done
+  delays+=($(( $(now_ms) - ts )))
+done
+sorted=$(printf '%s\n' "${delays[@]}" | sort -n | tr '\n' ' ')
+echo "delays ms: $sorted(median $(printf '%s\n' "${delays[@]}" | sort -n | sed -n 3p))"
+kill $pid; wait $pid 2>/dev/null || true
+trap - EXIT
+ch "DROP DATABASE IF EXISTS $TAG" >/dev/null
