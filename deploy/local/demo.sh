@@ -106,7 +106,8 @@ start_tally() {
             fail "port $API_PORT is in use by another process; stop it or set TALLY_API__LISTEN"
         fi
         rotate_log "$TALLY_LOG"
-        spawn "$TALLY_PIDFILE" "$TALLY_LOG" "$BIN" all
+        # NO_COLOR=1: no ANSI colour codes in the log file.
+        spawn "$TALLY_PIDFILE" "$TALLY_LOG" env NO_COLOR=1 "$BIN" all
         pid=$(<"$TALLY_PIDFILE")
         echo "started tally all (pid $pid)"
     fi
@@ -121,7 +122,7 @@ start_produce() {
         return 0
     fi
     rotate_log "$PRODUCE_LOG"
-    spawn "$PRODUCE_PIDFILE" "$PRODUCE_LOG" "$BIN" produce --rate 200 --count 0
+    spawn "$PRODUCE_PIDFILE" "$PRODUCE_LOG" env NO_COLOR=1 "$BIN" produce --rate 200 --count 0
     pid=$(<"$PRODUCE_PIDFILE")
     sleep 2
     if ! kill -0 "$pid" 2>/dev/null; then

@@ -174,21 +174,22 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
         activator: Rc::new(RefCell::new(None)),
     };
     let mut events_in = InputHandle::new();
-    let mut raw_in = InputHandle::new();
     let mut ticks_in = InputHandle::new();
     let probe = ProbeHandle::new();
     let dataflow = worker.next_dataflow_index();
     let sink_ctx = ctx.clone();
     worker.dataflow::<u64, _, _>(|scope| {
+        // The input feeds pipeline (worker-local) operators only. `InputHandle::flush` hands data
+        // on without ending the epoch, which activates a pipeline consumer but leaves records
+        // parked in an exchange channel's buffers until time advances; the first exchange must
+        // therefore sit behind an operator, which flushes its channels after every activation.
+        let reads = events_in.to_stream(scope);
+        let observations = reads.clone().map(|r: Read| r.event.observation());
+        let raw =
+            reads.map(|r: Read| SinkRecord::Event(r.event.row(r.ingested, r.partition, r.offset)));
         let ticks = ticks_in.to_stream(scope);
-        let rollups = tally_topologies::product_analytics(
-            events_in.to_stream(scope),
-            ticks,
-            &spec,
-            &counters,
-        )
-        .map(SinkRecord::Rollup);
-        let raw = raw_in.to_stream(scope).map(SinkRecord::Event);
+        let rollups = tally_topologies::product_analytics(observations, ticks, &spec, &counters)
+            .map(SinkRecord::Rollup);
         clickhouse_sink(raw.concat(rollups), sink_ctx).probe_with(&probe);
     });
 
@@ -200,7 +201,6 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
         .unwrap_or(0)
         .saturating_sub(1);
     events_in.advance_to(resume);
-    raw_in.advance_to(resume);
     ticks_in.advance_to(resume);
 
     let origin = Instant::now();
@@ -249,10 +249,14 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
                                 );
                                 let ingested =
                                     u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
-                                raw_in.send(event.row(ingested, p, o));
-                                events_in.send(event.observation());
                                 source.owed.read(p, o, Some(settle));
                                 source.watermarks.observe(p, event.ts_ms, now);
+                                events_in.send(Read {
+                                    event,
+                                    partition: p,
+                                    offset: o,
+                                    ingested,
+                                });
                             }
                             Err(reason) => {
                                 send_to_dlq(&dlq, &s.kafka, &msg, &reason)?;
@@ -268,7 +272,6 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
             if read > 0 {
                 // Input handles buffer until flushed; without this, data waits for the watermark.
                 events_in.flush();
-                raw_in.flush();
             }
         }
         if !source.dlq_written.is_empty() {
@@ -284,12 +287,12 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
         {
             if wm > *events_in.time() {
                 events_in.advance_to(wm);
-                raw_in.advance_to(wm);
                 ticks_in.advance_to(wm);
             }
         }
         if last_tick.elapsed() >= Duration::from_millis(s.pipeline.provisional_interval_ms) {
             ticks_in.send(());
+            ticks_in.flush();
             last_tick = Instant::now();
         }
         worker.step_or_park(Some(if read == 0 {
@@ -315,7 +318,6 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
     // Drain: no more reads; write everything buffered; wait for ClickHouse; save progress.
     ctx.flush_all.set(true);
     events_in.flush();
-    raw_in.flush();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(a) = ctx.activator.borrow().as_ref() {
@@ -338,6 +340,15 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
     worker.drop_dataflow(dataflow);
     tracing::info!(worker = index, frontier_ms = frontier, "worker stopped");
     Ok(())
+}
+
+/// One valid event as read, with where it came from.
+#[derive(Clone)]
+struct Read {
+    event: Event,
+    partition: i32,
+    offset: i64,
+    ingested: u32,
 }
 
 struct Source {
@@ -368,7 +379,12 @@ struct SourceContext;
 
 impl rdkafka::ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
             tracing::warn!(%error, reason, "kafka client error");
         }
     }

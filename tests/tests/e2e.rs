@@ -484,6 +484,26 @@ fn events_flow_to_exact_reports_across_a_restart() -> anyhow::Result<()> {
             Ok(())
         },
     ))?;
+    // An event that does not move the watermark (older than the newest, but its window is still
+    // open) must still reach the rollups: provisional output cannot wait for the watermark.
+    let quiet = Ev {
+        id: Some(format!("quiet-{tag}")),
+        event_type: "click".into(),
+        user: "quiet-user".into(),
+        session: None,
+        ts_ms: now - 1_000,
+    };
+    rt.block_on(async {
+        let (status, _) = post(&st, &quiet.json()).await?;
+        ensure!(status == 202);
+        anyhow::Ok(())
+    })?;
+    all.push(quiet);
+    rt.block_on(eventually(
+        "an event that keeps the watermark still is reported",
+        Duration::from_secs(30),
+        || check_reports(&st, &all, from, to),
+    ))?;
     stop.store(true, Ordering::SeqCst);
     pipeline
         .join()
