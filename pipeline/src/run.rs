@@ -52,6 +52,10 @@ struct Shared {
     fatal: Arc<Mutex<Option<String>>>,
     /// Each worker's watermark summary, combined into one source watermark.
     marks: Mutex<Vec<Summary>>,
+    /// Operator counters, shared by every worker so the exported totals are sums.
+    counters: OperatorCounters,
+    /// Each worker's input time once it starts draining (`u64::MAX` before).
+    drained_at: Mutex<Vec<u64>>,
 }
 
 /// Runs the pipeline until `shutdown` is set or a fatal error occurs. Blocks the calling thread;
@@ -85,6 +89,8 @@ pub fn run(
         shutdown,
         fatal: Arc::new(Mutex::new(None)),
         marks: Mutex::new(vec![Summary::default(); workers]),
+        counters: OperatorCounters::default(),
+        drained_at: Mutex::new(vec![u64::MAX; workers]),
     });
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let result = run_worker(worker, &shared);
@@ -162,7 +168,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
         grace_ms: s.pipeline.grace_ms,
         per_event_type: true,
     };
-    let counters = OperatorCounters::default();
+    let counters = shared.counters.clone();
     let ctx = SinkContext {
         writer: ClickHouseWriter::new(&s.clickhouse),
         runtime: shared.runtime.clone(),
@@ -318,6 +324,9 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
     // Drain: no more reads; write everything buffered; wait for ClickHouse; save progress.
     ctx.flush_all.set(true);
     events_in.flush();
+    if let Ok(mut d) = shared.drained_at.lock() {
+        d[index] = *events_in.time();
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(a) = ctx.activator.borrow().as_ref() {
@@ -325,7 +334,14 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
         }
         worker.step_or_park(Some(Duration::from_millis(10)));
         check_fatal(shared)?;
-        let caught_up = acked_frontier(&probe, *events_in.time()) >= *events_in.time();
+        // The acknowledged frontier can reach the slowest worker's input time, not this one's.
+        let slowest = shared
+            .drained_at
+            .lock()
+            .ok()
+            .and_then(|d| d.iter().min().copied())
+            .unwrap_or(0);
+        let caught_up = acked_frontier(&probe, *events_in.time()) >= slowest.min(*events_in.time());
         if caught_up && ctx.backlog.load(Ordering::Relaxed) == 0 {
             break;
         }
