@@ -48,16 +48,7 @@ API_HOST=${LISTEN%:*}
 case $API_HOST in 0.0.0.0 | '[::]') API_HOST=127.0.0.1 ;; esac
 API=http://$API_HOST:$API_PORT
 
-# Like test.sh: when a stack port is moved, Tally follows unless told otherwise.
-if [[ -n ${TALLY_KAFKA_PORT:-} && -z ${TALLY_KAFKA__BROKERS:-} ]]; then
-    export TALLY_KAFKA__BROKERS=127.0.0.1:$TALLY_KAFKA_PORT
-fi
-if [[ -n ${TALLY_CLICKHOUSE_HTTP_PORT:-} && -z ${TALLY_CLICKHOUSE__URL:-} ]]; then
-    export TALLY_CLICKHOUSE__URL=http://127.0.0.1:$TALLY_CLICKHOUSE_HTTP_PORT
-fi
-if [[ -n ${TALLY_PG_PORT:-} && -z ${TALLY_POSTGRES__URL:-} ]]; then
-    export TALLY_POSTGRES__URL=postgres://tally@127.0.0.1:$TALLY_PG_PORT/tally
-fi
+export_stack_addresses
 
 # The pid of our `tally all` / `tally produce`, if it runs. The marker (binary
 # path + subcommand) keeps us from ever signalling someone else's process.

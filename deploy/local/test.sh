@@ -61,19 +61,9 @@ ensure_toolchain() {
     rustup toolchain install "$channel" --profile minimal --component rustfmt,clippy
 }
 
-# Point Tally (and the e2e tests, which read the same variables) at the stack's
-# ports when they differ from the defaults in tally.toml.example.
-export_stack_addresses() {
-    if [[ -n ${TALLY_KAFKA_PORT:-} && -z ${TALLY_KAFKA__BROKERS:-} ]]; then
-        export TALLY_KAFKA__BROKERS=127.0.0.1:$TALLY_KAFKA_PORT
-    fi
-    if [[ -n ${TALLY_CLICKHOUSE_HTTP_PORT:-} && -z ${TALLY_CLICKHOUSE__URL:-} ]]; then
-        export TALLY_CLICKHOUSE__URL=http://127.0.0.1:$TALLY_CLICKHOUSE_HTTP_PORT
-    fi
-    if [[ -n ${TALLY_PG_PORT:-} && -z ${TALLY_POSTGRES__URL:-} ]]; then
-        export TALLY_POSTGRES__URL=postgres://tally@127.0.0.1:$TALLY_PG_PORT/tally
-    fi
-}
+# export_stack_addresses: the e2e tests read the same TALLY_<SECTION>__<KEY> variables.
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+. "$REPO_ROOT/deploy/local/lib/common.sh"
 
 STARTED_STACK=0
 stop_stack() {

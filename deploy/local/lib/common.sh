@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared helpers for stack.sh. Sourced, not executed.
+# Shared helpers for stack.sh, demo.sh and test.sh. Sourced, not executed; defines functions only.
 
 say() { printf '%s\n' "$*"; }
 warn() { printf 'stack: %s\n' "$*" >&2; }
@@ -115,4 +115,18 @@ print_status_line() { # service pid-or-empty address
 # letting logs of a long-lived dev stack grow forever.
 rotate_log() { # file
     if [[ -s $1 ]]; then mv -f "$1" "$1.prev"; fi
+}
+
+# When a stack port is moved (TALLY_KAFKA_PORT, ...), point Tally's settings at it, unless the
+# Tally setting itself (TALLY_KAFKA__BROKERS, ...) is already given.
+export_stack_addresses() {
+    if [[ -n ${TALLY_KAFKA_PORT:-} && -z ${TALLY_KAFKA__BROKERS:-} ]]; then
+        export TALLY_KAFKA__BROKERS=127.0.0.1:$TALLY_KAFKA_PORT
+    fi
+    if [[ -n ${TALLY_CLICKHOUSE_HTTP_PORT:-} && -z ${TALLY_CLICKHOUSE__URL:-} ]]; then
+        export TALLY_CLICKHOUSE__URL=http://127.0.0.1:$TALLY_CLICKHOUSE_HTTP_PORT
+    fi
+    if [[ -n ${TALLY_PG_PORT:-} && -z ${TALLY_POSTGRES__URL:-} ]]; then
+        export TALLY_POSTGRES__URL=postgres://tally@127.0.0.1:$TALLY_PG_PORT/tally
+    fi
 }
