@@ -20,6 +20,9 @@ pub struct Observation {
     pub user: u128,
     /// Hash of the session id, `None` when the event has no session.
     pub session: Option<u128>,
+    /// Read again after a restart (it was read before the stop). Replayed events are aggregated
+    /// like any other, but one that is late is expected, not news: it is not counted as late.
+    pub replayed: bool,
 }
 
 /// Counters the operators add to and the runtime exports as metrics. Cheap to clone: every clone
@@ -34,7 +37,7 @@ struct Inner {
 }
 
 impl OperatorCounters {
-    /// Adds `n` events that arrived after their `window` had closed.
+    /// Adds `n` events that arrived after their `window` had closed (replays excepted).
     pub fn add_late(&self, window: Window, n: u64) {
         self.0.late[window.index()].fetch_add(n, Ordering::Relaxed);
     }

@@ -14,7 +14,7 @@ use crate::window::Window;
 pub struct Expected {
     /// The final row of every aggregate that received at least one event.
     pub finals: BTreeMap<WindowKey, RollupRow>,
-    /// Late events per window kind (indexed by [`Window::index`]).
+    /// Late events per window kind (indexed by [`Window::index`]), replays not counted.
     pub late: [u64; 3],
     /// Events dropped as repeats of an earlier event id.
     pub duplicates: u64,
@@ -40,7 +40,7 @@ pub fn expected(spec: &RollupSpec, reads: &[(u64, Observation)]) -> Expected {
         for &window in &spec.windows {
             let start_ms = window.start_of(obs.ts_ms);
             if start_ms + window.millis() + spec.grace_ms <= read_time {
-                out.late[window.index()] += 1;
+                out.late[window.index()] += u64::from(!obs.replayed);
                 continue;
             }
             let mut keys = vec![WindowKey {

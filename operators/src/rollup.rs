@@ -82,6 +82,7 @@ struct Contribution {
     user: u128,
     session: Option<u128>,
     event_type: u64,
+    replayed: bool,
 }
 
 #[derive(Default)]
@@ -165,7 +166,7 @@ impl<'scope> Rollup<'scope> for StreamVec<'scope, u64, Observation> {
                         for c in batch.drain(..) {
                             let close = c.key.close_time(grace_ms);
                             if close <= read_time {
-                                if c.key.event_type.is_none() {
+                                if c.key.event_type.is_none() && !c.replayed {
                                     counters.add_late(c.key.window, 1);
                                 }
                                 continue;
@@ -222,6 +223,7 @@ fn fan_out(windows: &[Window], per_type: bool, obs: Observation) -> Vec<Contribu
             user: obs.user,
             session: obs.session,
             event_type: type_hash,
+            replayed: obs.replayed,
         };
         out.push(contribution(key(None)));
         if per_type {

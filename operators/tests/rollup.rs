@@ -93,6 +93,7 @@ fn obs(id: &str, ts_ms: u64, event_type: &str, user: &str, session: Option<&str>
         event_type: event_type.to_owned(),
         user: tally_operators::hash128(user),
         session: session.map(tally_operators::hash128),
+        replayed: false,
     }
 }
 
@@ -177,6 +178,22 @@ fn late_events_count_in_longer_windows_only() {
 }
 
 #[test]
+fn replayed_late_events_are_dropped_but_not_counted_as_late() {
+    let grace = 1_000;
+    let mut replay = obs("b", T0 + 20, "click", "u2", None);
+    replay.replayed = true;
+    let reads = vec![
+        (0, obs("a", T0 + 10, "click", "u1", None)),
+        (T0 + MIN + grace, replay),
+    ];
+    let (emitted, counters) = run(&spec(grace), &reads, 0);
+    let finals = finals(&emitted);
+    assert_eq!(finals[&key(Window::Minute, T0, None)].events, 1);
+    assert_eq!(finals[&key(Window::Hour, T0, None)].events, 2);
+    assert_eq!(counters.late(Window::Minute), 0);
+}
+
+#[test]
 fn ticks_emit_provisional_rows_of_changed_windows_only() {
     let reads = vec![
         (0, obs("a", T0, "click", "u1", None)),
@@ -203,12 +220,9 @@ fn ticks_emit_provisional_rows_of_changed_windows_only() {
 /// with the watermark (max event time seen - bound) as the dataflow time.
 fn reads_strategy() -> impl Strategy<Value = (u64, u64, Vec<(u64, Observation)>)> {
     let event = (
-        0u64..3 * 3_600_000,
-        0u64..20_000,
-        0u8..12,
-        0u8..9,
-        0u8..4,
-        any::<bool>(),
+        (0u64..3 * 3_600_000, 0u64..20_000),
+        (0u8..12, 0u8..9, 0u8..4),
+        (any::<bool>(), prop::bool::weighted(0.2)),
     );
     (
         0u64..30_000,
@@ -219,7 +233,9 @@ fn reads_strategy() -> impl Strategy<Value = (u64, u64, Vec<(u64, Observation)>)
             // Start 90 minutes before a day boundary so all three window kinds split.
             let base = T0 + 14 * 3_600_000 - 90 * MIN;
             let mut arrivals: Vec<(u64, Observation)> = Vec::new();
-            for (i, (offset, jitter, user, session, kind, resend)) in raw.into_iter().enumerate() {
+            for (i, ((offset, jitter), (user, session, kind), (resend, replayed))) in
+                raw.into_iter().enumerate()
+            {
                 let id = if resend && i > 0 {
                     format!("e{}", i / 2)
                 } else {
@@ -236,6 +252,7 @@ fn reads_strategy() -> impl Strategy<Value = (u64, u64, Vec<(u64, Observation)>)
                     event_type: ["click", "view", "buy", "search"][kind as usize].to_owned(),
                     user: u128::from(user),
                     session: (session < 8).then_some(u128::from(session)),
+                    replayed,
                 };
                 arrivals.push((ts + jitter, o));
             }

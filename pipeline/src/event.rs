@@ -183,14 +183,15 @@ impl Event {
         Value::Object(obj).to_string().into_bytes()
     }
 
-    /// What the window operators need.
-    pub fn observation(&self) -> Observation {
+    /// What the window operators need; `replayed` marks an event read again after a restart.
+    pub fn observation(&self, replayed: bool) -> Observation {
         Observation {
             event_id: hash128(&self.event_id),
             ts_ms: self.ts_ms,
             event_type: self.event_type.clone(),
             user: hash128(&self.user_id),
             session: self.session_id.as_deref().map(hash128),
+            replayed,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod metrics;
 mod offsets;
 pub mod run;
 mod sink;
+mod source;
 mod watermark;
 
 pub use config::PipelineConfig;

@@ -41,9 +41,9 @@ pub struct Metrics {
     /// See [`DLQ`].
     pub dlq: IntCounterVec,
     /// See [`LATE`].
-    pub late: IntGaugeVec,
+    pub late: IntCounterVec,
     /// See [`DUPLICATES`].
-    pub duplicates: IntGauge,
+    pub duplicates: IntCounter,
     /// See [`LAG`].
     pub lag: IntGaugeVec,
     /// See [`WATERMARK`].
@@ -104,12 +104,12 @@ impl Metrics {
                 "Messages sent to the dead-letter topic, by reason.",
                 &["reason"],
             ),
-            late: gauge_vec(
+            late: counter_vec(
                 LATE,
                 "Events that arrived after their window closed (not in rollups), by window.",
                 &["window"],
             ),
-            duplicates: gauge(
+            duplicates: counter(
                 DUPLICATES,
                 "Events dropped from rollups as repeats of an earlier event id.",
             ),

@@ -1,30 +1,25 @@
 //! The pipeline: one timely worker per thread, each reading its share of the topic's partitions.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
-use tally_operators::{settled_after, OperatorCounters, RollupSpec, Window};
+use tally_operators::{OperatorCounters, RollupSpec, Window};
 use tally_sinks::clickhouse::{ClickHouseConfig, ClickHouseWriter};
-use tally_sinks::postgres::{self, PostgresConfig, Progress};
+use tally_sinks::postgres::{self, PartitionProgress, PostgresConfig, Progress};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
-use crate::event::{id_from_position, Clock, Event};
-use crate::kafka::{client_config, producer_config, KafkaConfig};
+use crate::kafka::{client_config, KafkaConfig};
 use crate::metrics::Metrics;
-use crate::offsets::PendingOffsets;
 use crate::sink::{clickhouse_sink, SinkContext, SinkRecord};
+use crate::source::{KafkaSource, Read, Windowing};
 use crate::watermark::{combine, Summary, Watermarks};
 use crate::{PipelineConfig, PipelineError};
 
@@ -56,6 +51,10 @@ struct Shared {
     counters: OperatorCounters,
     /// Each worker's input time once it starts draining (`u64::MAX` before).
     drained_at: Mutex<Vec<u64>>,
+    /// Rows each worker's sink holds (buffered or in flight).
+    backlogs: Vec<Arc<AtomicUsize>>,
+    /// Operator counts already added to the Prometheus counters (late per window, duplicates).
+    exported: Mutex<([u64; 3], u64)>,
 }
 
 /// Runs the pipeline until `shutdown` is set or a fatal error occurs. Blocks the calling thread;
@@ -91,6 +90,10 @@ pub fn run(
         marks: Mutex::new(vec![Summary::default(); workers]),
         counters: OperatorCounters::default(),
         drained_at: Mutex::new(vec![u64::MAX; workers]),
+        backlogs: (0..workers)
+            .map(|_| Arc::new(AtomicUsize::new(0)))
+            .collect(),
+        exported: Mutex::new(([0; 3], 0)),
     });
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let result = run_worker(worker, &shared);
@@ -148,7 +151,82 @@ fn mono_ms(origin: Instant) -> u64 {
     u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The per-worker loop. See the module docs of `crate` for the drain order.
+/// The dataflow of one worker, and the handles the loop drives it with.
+struct Dataflow {
+    events: InputHandle<u64, CapacityContainerBuilder<Vec<Read>>>,
+    ticks: InputHandle<u64, CapacityContainerBuilder<Vec<()>>>,
+    probe: ProbeHandle<u64>,
+    id: usize,
+}
+
+impl Dataflow {
+    /// Builds source → (raw rows, dedup → rollups) → ClickHouse sink → probe.
+    fn build(
+        worker: &mut Worker,
+        spec: &RollupSpec,
+        counters: &OperatorCounters,
+        sink: SinkContext,
+    ) -> Self {
+        let mut events = InputHandle::new();
+        let mut ticks = InputHandle::new();
+        let probe = ProbeHandle::new();
+        let id = worker.next_dataflow_index();
+        worker.dataflow::<u64, _, _>(|scope| {
+            // The input feeds pipeline (worker-local) operators only. `InputHandle::flush` hands
+            // data on without ending the epoch, which activates a pipeline consumer but leaves
+            // records parked in an exchange channel's buffers until time advances; the first
+            // exchange must therefore sit behind an operator, which flushes after each activation.
+            let reads = events.to_stream(scope);
+            let observations = reads.clone().map(|r: Read| r.event.observation(r.replayed));
+            let raw = reads
+                .map(|r: Read| SinkRecord::Event(r.event.row(r.ingested, r.partition, r.offset)));
+            let rollups = tally_topologies::product_analytics(
+                observations,
+                ticks.to_stream(scope),
+                spec,
+                counters,
+            )
+            .map(SinkRecord::Rollup);
+            clickhouse_sink(raw.concat(rollups), sink).probe_with(&probe);
+        });
+        Dataflow {
+            events,
+            ticks,
+            probe,
+            id,
+        }
+    }
+
+    fn time(&self) -> u64 {
+        *self.events.time()
+    }
+
+    /// Moves the inputs to `t` if that is later: data before it can no longer arrive.
+    fn advance_to(&mut self, t: u64) {
+        if t > self.time() {
+            self.events.advance_to(t);
+            self.ticks.advance_to(t);
+        }
+    }
+
+    /// The earliest time not yet acknowledged by ClickHouse; the input time when nothing is
+    /// pending.
+    fn acked_frontier(&self) -> u64 {
+        self.probe
+            .with_frontier(|f| f.first().copied().unwrap_or(self.time()))
+    }
+}
+
+/// Timers and the last saved position of one worker's loop.
+struct Cadence {
+    tick: Instant,
+    commit: Instant,
+    lag: Instant,
+    saved: Option<(u64, Vec<PartitionProgress>)>,
+}
+
+/// The per-worker loop: read, advance the watermark, tick, step, save progress. On shutdown it
+/// drains in a fixed order (see the crate docs).
 fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError> {
     let s = &shared.settings;
     let (index, peers) = (worker.index(), worker.peers());
@@ -158,174 +236,106 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
         .copied()
         .filter(|p| *p as usize % peers == index)
         .collect();
-    let consumer = assign_consumer(&s.kafka, &mine, &shared.progress)?;
-    let dlq: BaseProducer = producer_config(&s.kafka)
-        .create()
-        .map_err(|e| PipelineError::kafka("creating the dead-letter producer", e))?;
-
+    let p = &s.pipeline;
+    let watermarks = Watermarks::new(&mine, p.max_out_of_orderness_ms, p.idle_timeout_ms, 0);
+    let mut source = KafkaSource::open(&s.kafka, &mine, &shared.progress, watermarks)?;
     let spec = RollupSpec {
         windows: Window::ALL.to_vec(),
-        grace_ms: s.pipeline.grace_ms,
+        grace_ms: p.grace_ms,
         per_event_type: true,
     };
-    let counters = shared.counters.clone();
     let ctx = SinkContext {
         writer: ClickHouseWriter::new(&s.clickhouse),
         runtime: shared.runtime.clone(),
         batch_rows: s.clickhouse.batch_rows,
         batch_wait: Duration::from_millis(s.clickhouse.batch_ms),
         flush_all: Rc::new(Cell::new(false)),
-        backlog: Arc::new(AtomicUsize::new(0)),
+        backlog: Arc::clone(&shared.backlogs[index]),
         fatal: Arc::clone(&shared.fatal),
         activator: Rc::new(RefCell::new(None)),
     };
-    let mut events_in = InputHandle::new();
-    let mut ticks_in = InputHandle::new();
-    let probe = ProbeHandle::new();
-    let dataflow = worker.next_dataflow_index();
-    let sink_ctx = ctx.clone();
-    worker.dataflow::<u64, _, _>(|scope| {
-        // The input feeds pipeline (worker-local) operators only. `InputHandle::flush` hands data
-        // on without ending the epoch, which activates a pipeline consumer but leaves records
-        // parked in an exchange channel's buffers until time advances; the first exchange must
-        // therefore sit behind an operator, which flushes its channels after every activation.
-        let reads = events_in.to_stream(scope);
-        let observations = reads.clone().map(|r: Read| r.event.observation());
-        let raw =
-            reads.map(|r: Read| SinkRecord::Event(r.event.row(r.ingested, r.partition, r.offset)));
-        let ticks = ticks_in.to_stream(scope);
-        let rollups = tally_topologies::product_analytics(observations, ticks, &spec, &counters)
-            .map(SinkRecord::Rollup);
-        clickhouse_sink(raw.concat(rollups), sink_ctx).probe_with(&probe);
-    });
-
+    let mut df = Dataflow::build(worker, &spec, &shared.counters, ctx.clone());
     // Resume one tick before the saved frontier: windows closing exactly at it are not yet
     // acknowledged as final, so they must still be open.
-    let resume = shared
-        .progress
-        .acked_frontier_ms
-        .unwrap_or(0)
-        .saturating_sub(1);
-    events_in.advance_to(resume);
-    ticks_in.advance_to(resume);
+    df.advance_to(
+        shared
+            .progress
+            .acked_frontier_ms
+            .unwrap_or(0)
+            .saturating_sub(1),
+    );
 
     let origin = Instant::now();
-    let mut source = Source {
-        watermarks: Watermarks::new(
-            &mine,
-            s.pipeline.max_out_of_orderness_ms,
-            s.pipeline.idle_timeout_ms,
-            0,
-        ),
-        owed: PendingOffsets::default(),
-        next_offsets: BTreeMap::new(),
-        dlq_written: Vec::new(),
+    let windowing = Windowing {
+        windows: &spec.windows,
+        grace_ms: p.grace_ms,
+        retention_days: s.clickhouse.retention_days,
     };
-    let mut last_tick = Instant::now();
-    let mut last_commit = Instant::now();
-    let mut last_lag = Instant::now();
-    let mut saved_frontier = 0u64;
-    let metrics = Metrics::get();
-
+    let mut cadence = Cadence {
+        tick: origin,
+        commit: origin,
+        lag: origin,
+        saved: None,
+    };
     while !shared.shutdown.load(Ordering::SeqCst) {
         check_fatal(shared)?;
-        let mut read = 0usize;
-        if ctx.backlog.load(Ordering::Relaxed) < s.pipeline.max_pending_rows {
-            while read < s.pipeline.max_poll_records {
-                match consumer.poll(Duration::ZERO) {
-                    None => break,
-                    Some(Err(KafkaError::PartitionEOF(p))) => source.watermarks.end_of_partition(p),
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "kafka consumer error");
-                        break;
-                    }
-                    Some(Ok(msg)) => {
-                        read += 1;
-                        let read_time = *events_in.time();
-                        let (p, o) = (msg.partition(), msg.offset());
-                        source.next_offsets.insert(p, o + 1);
-                        let now = mono_ms(origin);
-                        match parse(&s.kafka.topic, &msg, s.clickhouse.retention_days) {
-                            Ok(event) => {
-                                let settle = settled_after(
-                                    &spec.windows,
-                                    event.ts_ms,
-                                    read_time,
-                                    spec.grace_ms,
-                                );
-                                let ingested =
-                                    u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
-                                source.owed.read(p, o, Some(settle));
-                                source.watermarks.observe(p, event.ts_ms, now);
-                                events_in.send(Read {
-                                    event,
-                                    partition: p,
-                                    offset: o,
-                                    ingested,
-                                });
-                            }
-                            Err(reason) => {
-                                send_to_dlq(&dlq, &s.kafka, &msg, &reason)?;
-                                metrics.dlq.with_label_values(&[reason.label()]).inc();
-                                source.dlq_written.push((p, o));
-                                source.watermarks.touch(p, now);
-                            }
-                        }
-                    }
-                }
-            }
-            metrics.events_read.inc_by(read as u64);
+        let mut read = 0;
+        if ctx.backlog.load(Ordering::Relaxed) < p.max_pending_rows {
+            let now = mono_ms(origin);
+            let time = df.time();
+            read = source.poll(p.max_poll_records, time, now, &windowing, |r| {
+                df.events.send(r)
+            })?;
             if read > 0 {
-                // Input handles buffer until flushed; without this, data waits for the watermark.
-                events_in.flush();
+                df.events.flush();
             }
         }
-        if !source.dlq_written.is_empty() {
-            // Offsets of dead-lettered messages are settled once the DLQ write is acknowledged.
-            dlq.flush(Duration::from_millis(s.kafka.produce_timeout_ms))
-                .map_err(|e| PipelineError::kafka("writing to the dead-letter topic", e))?;
-            for (p, o) in source.dlq_written.drain(..) {
-                source.owed.read(p, o, None);
-            }
+        if let Some(wm) = global_watermark(shared, index, source.summary(mono_ms(origin))) {
+            df.advance_to(wm);
         }
-        if let Some(wm) =
-            global_watermark(shared, index, source.watermarks.summary(mono_ms(origin)))
-        {
-            if wm > *events_in.time() {
-                events_in.advance_to(wm);
-                ticks_in.advance_to(wm);
-            }
+        if cadence.tick.elapsed() >= Duration::from_millis(p.provisional_interval_ms) {
+            df.ticks.send(());
+            df.ticks.flush();
+            cadence.tick = Instant::now();
         }
-        if last_tick.elapsed() >= Duration::from_millis(s.pipeline.provisional_interval_ms) {
-            ticks_in.send(());
-            ticks_in.flush();
-            last_tick = Instant::now();
-        }
-        worker.step_or_park(Some(if read == 0 {
+        let park = if read == 0 {
             Duration::from_millis(10)
         } else {
             Duration::ZERO
-        }));
-        if last_commit.elapsed() >= Duration::from_millis(s.pipeline.commit_interval_ms) {
-            let frontier = acked_frontier(&probe, *events_in.time());
-            if frontier > saved_frontier || index == 0 {
-                save_progress(shared, &mut source, &consumer, frontier)?;
-                saved_frontier = frontier;
-            }
-            last_commit = Instant::now();
-            export_counters(&counters, ctx.backlog.load(Ordering::Relaxed), frontier);
+        };
+        worker.step_or_park(Some(park));
+        if cadence.commit.elapsed() >= Duration::from_millis(p.commit_interval_ms) {
+            save_progress(shared, &mut source, df.acked_frontier(), &mut cadence.saved);
+            export_metrics(shared);
+            cadence.commit = Instant::now();
         }
-        if last_lag.elapsed() >= Duration::from_secs(5) {
-            export_lag(&consumer, &s.kafka.topic, &source);
-            last_lag = Instant::now();
+        if cadence.lag.elapsed() >= Duration::from_secs(5) {
+            source.export_lag();
+            cadence.lag = Instant::now();
         }
     }
+    drain(worker, shared, index, &mut df, &ctx)?;
+    let frontier = df.acked_frontier();
+    save_progress(shared, &mut source, frontier, &mut cadence.saved);
+    // Open windows must not be closed by shutting the inputs: drop the dataflow instead.
+    worker.drop_dataflow(df.id);
+    tracing::info!(worker = index, frontier_ms = frontier, "worker stopped");
+    Ok(())
+}
 
-    // Drain: no more reads; write everything buffered; wait for ClickHouse; save progress.
+/// No more reads: write whatever the sink buffers and wait until ClickHouse acknowledged it all
+/// (up to 120 s; progress is then saved up to what it did acknowledge).
+fn drain(
+    worker: &mut Worker,
+    shared: &Shared,
+    index: usize,
+    df: &mut Dataflow,
+    ctx: &SinkContext,
+) -> Result<(), PipelineError> {
     ctx.flush_all.set(true);
-    events_in.flush();
+    df.events.flush();
     if let Ok(mut d) = shared.drained_at.lock() {
-        d[index] = *events_in.time();
+        d[index] = df.time();
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -341,37 +351,15 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
             .ok()
             .and_then(|d| d.iter().min().copied())
             .unwrap_or(0);
-        let caught_up = acked_frontier(&probe, *events_in.time()) >= slowest.min(*events_in.time());
-        if caught_up && ctx.backlog.load(Ordering::Relaxed) == 0 {
-            break;
+        if df.acked_frontier() >= slowest.min(df.time()) && ctx.backlog.load(Ordering::Relaxed) == 0
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
             tracing::warn!("clickhouse did not acknowledge everything within 120 s; progress saved up to what it did");
-            break;
+            return Ok(());
         }
     }
-    let frontier = acked_frontier(&probe, *events_in.time());
-    save_progress(shared, &mut source, &consumer, frontier)?;
-    // Open windows must not be closed by shutting the inputs: drop the dataflow instead.
-    worker.drop_dataflow(dataflow);
-    tracing::info!(worker = index, frontier_ms = frontier, "worker stopped");
-    Ok(())
-}
-
-/// One valid event as read, with where it came from.
-#[derive(Clone)]
-struct Read {
-    event: Event,
-    partition: i32,
-    offset: i64,
-    ingested: u32,
-}
-
-struct Source {
-    watermarks: Watermarks,
-    owed: PendingOffsets,
-    next_offsets: BTreeMap<i32, i64>,
-    dlq_written: Vec<(i32, i64)>,
 }
 
 /// Publishes this worker's summary and combines every worker's (in-process workers share them).
@@ -389,126 +377,23 @@ fn check_fatal(shared: &Shared) -> Result<(), PipelineError> {
     }
 }
 
-/// Routes librdkafka's own reports to tracing; end-of-partition is expected (it drives
-/// idleness), not an error.
-struct SourceContext;
-
-impl rdkafka::ClientContext for SourceContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(
-            error,
-            KafkaError::PartitionEOF(_)
-                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
-        );
-        if !eof {
-            tracing::warn!(%error, reason, "kafka client error");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for SourceContext {}
-
-type SourceConsumer = BaseConsumer<SourceContext>;
-
-fn assign_consumer(
-    config: &KafkaConfig,
-    mine: &[i32],
-    progress: &Progress,
-) -> Result<SourceConsumer, PipelineError> {
-    let consumer: SourceConsumer = client_config(config)
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(SourceContext)
-        .map_err(|e| PipelineError::kafka("creating the consumer", e))?;
-    let mut tpl = TopicPartitionList::new();
-    for &p in mine {
-        // Progress saved in PostgreSQL is the source of truth; without it, start from the
-        // beginning (Kafka's committed offsets lag behind and carry no frontier).
-        let offset = progress
-            .offsets
-            .get(&(config.topic.clone(), p))
-            .map_or(Offset::Beginning, |&o| Offset::Offset(o));
-        tpl.add_partition_offset(&config.topic, p, offset)
-            .map_err(|e| PipelineError::kafka("building the assignment", e))?;
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| PipelineError::kafka("assigning partitions", e))?;
-    Ok(consumer)
-}
-
-fn parse(
-    topic: &str,
-    msg: &rdkafka::message::BorrowedMessage<'_>,
-    retention_days: u32,
-) -> Result<Event, crate::event::Invalid> {
-    let bytes = msg.payload().unwrap_or_default();
-    Event::parse(bytes, Clock::wall(retention_days), || {
-        id_from_position(topic, msg.partition(), msg.offset())
-    })
-}
-
-fn send_to_dlq(
-    dlq: &BaseProducer,
-    config: &KafkaConfig,
-    msg: &rdkafka::message::BorrowedMessage<'_>,
-    reason: &crate::event::Invalid,
-) -> Result<(), PipelineError> {
-    let reason = reason.to_string();
-    let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "tally.dlq.reason",
-            value: Some(reason.as_bytes()),
-        })
-        .insert(Header {
-            key: "tally.dlq.source.partition",
-            value: Some(partition.as_bytes()),
-        })
-        .insert(Header {
-            key: "tally.dlq.source.offset",
-            value: Some(offset.as_bytes()),
-        });
-    let payload = msg.payload().unwrap_or_default();
-    let mut record = BaseRecord::<[u8], [u8]>::to(&config.dlq_topic)
-        .payload(payload)
-        .headers(headers);
-    if let Some(key) = msg.key() {
-        record = record.key(key);
-    }
-    loop {
-        match dlq.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                r,
-            )) => {
-                record = r;
-                dlq.poll(Duration::from_millis(100));
-            }
-            Err((e, _)) => return Err(PipelineError::kafka("writing to the dead-letter topic", e)),
-        }
-    }
-}
-
-/// The earliest time not yet acknowledged by ClickHouse; `current` when nothing is pending.
-fn acked_frontier(probe: &ProbeHandle<u64>, current: u64) -> u64 {
-    probe.with_frontier(|f| f.first().copied().unwrap_or(current))
-}
-
+/// Saves offsets and the acknowledged frontier to PostgreSQL (in one transaction), then mirrors
+/// the offsets to Kafka. Skipped when nothing changed since the last save. A failed save loses
+/// nothing (it only means more replay after a restart): it is logged and tried again later.
 fn save_progress(
     shared: &Shared,
-    source: &mut Source,
-    consumer: &SourceConsumer,
+    source: &mut KafkaSource,
     frontier: u64,
-) -> Result<(), PipelineError> {
+    saved: &mut Option<(u64, Vec<PartitionProgress>)>,
+) {
     let s = &shared.settings;
-    let offsets = source.owed.committable(frontier);
-    if frontier == 0 && offsets.is_empty() {
-        return Ok(());
+    let offsets = source.committable(frontier);
+    if saved
+        .as_ref()
+        .is_some_and(|(f, o)| *f == frontier && *o == offsets)
+        || (frontier == 0 && offsets.is_empty())
+    {
+        return;
     }
     let save = postgres::save_progress(
         &shared.pool,
@@ -518,54 +403,40 @@ fn save_progress(
         frontier,
     );
     if let Err(e) = shared.runtime.block_on(save) {
-        // Progress is only a resume point: failing to save it loses nothing, it means more
-        // replay after a restart. Keep running and try again at the next interval.
-        tracing::warn!(error = %e, "saving progress failed");
-        return Ok(());
+        tracing::warn!(error = %e, "saving progress failed; retrying at the next interval");
+        return;
     }
-    // Kafka's committed offsets follow PostgreSQL's, for lag tools; they are never read back.
-    let mut tpl = TopicPartitionList::new();
-    for &(p, o) in &offsets {
-        let _ = tpl.add_partition_offset(&s.kafka.topic, p, Offset::Offset(o));
-    }
-    if tpl.count() > 0 {
-        if let Err(e) = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async) {
-            tracing::debug!(error = %e, "kafka offset commit failed");
-        }
-    }
+    source.commit_to_kafka(&offsets);
     Metrics::get()
         .acked_frontier
         .set(i64::try_from(frontier).unwrap_or(i64::MAX));
-    Ok(())
+    *saved = Some((frontier, offsets));
 }
 
-fn export_counters(counters: &OperatorCounters, backlog: usize, _frontier: u64) {
+/// Adds what the operator counters gained since the last export to the Prometheus counters, and
+/// sets the backlog gauge to the sum over workers.
+fn export_metrics(shared: &Shared) {
     let m = Metrics::get();
-    for w in Window::ALL {
-        m.late
-            .with_label_values(&[w.label()])
-            .set(i64::try_from(counters.late(w)).unwrap_or(i64::MAX));
+    let c = &shared.counters;
+    if let Ok(mut exported) = shared.exported.lock() {
+        let (late, duplicates) = &mut *exported;
+        for w in Window::ALL {
+            let now = c.late(w);
+            m.late
+                .with_label_values(&[w.label()])
+                .inc_by(now - late[w.index()]);
+            late[w.index()] = now;
+        }
+        m.duplicates.inc_by(c.duplicates() - *duplicates);
+        *duplicates = c.duplicates();
     }
-    m.duplicates
-        .set(i64::try_from(counters.duplicates()).unwrap_or(i64::MAX));
+    let backlog: usize = shared
+        .backlogs
+        .iter()
+        .map(|b| b.load(Ordering::Relaxed))
+        .sum();
     m.sink_backlog
         .set(i64::try_from(backlog).unwrap_or(i64::MAX));
-}
-
-fn export_lag(consumer: &SourceConsumer, topic: &str, source: &Source) {
-    let m = Metrics::get();
-    for (&p, &next) in &source.next_offsets {
-        if let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(1)) {
-            m.lag
-                .with_label_values(&[&p.to_string()])
-                .set((high - next).max(0));
-        }
-        if let Some(wm) = source.watermarks.partition(p) {
-            m.watermark
-                .with_label_values(&[&p.to_string()])
-                .set(i64::try_from(wm).unwrap_or(i64::MAX));
-        }
-    }
 }
 
 /// On servers without TTL, drops monthly partitions past retention every `every_secs`.

@@ -189,7 +189,7 @@ async fn report(
 ) -> anyhow::Result<Value> {
     let iso = |ms: u64| {
         DateTime::<Utc>::from_timestamp_millis(ms as i64)
-            .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
             .unwrap_or_default()
     };
     let mut url = format!(
@@ -398,7 +398,10 @@ fn events_flow_to_exact_reports_across_a_restart() -> anyhow::Result<()> {
     rt.block_on(eventually(
         "reports match the oracle",
         Duration::from_secs(90),
-        || check_reports(&st, &all, from, to),
+        || async {
+            ensure!(!pipeline.is_finished(), "the pipeline stopped early");
+            check_reports(&st, &all, from, to).await
+        },
     ))?;
     rt.block_on(eventually(
         "summary matches the oracle",
@@ -462,13 +465,37 @@ fn events_flow_to_exact_reports_across_a_restart() -> anyhow::Result<()> {
     rt.block_on(eventually(
         "reports match after restart",
         Duration::from_secs(90),
-        || check_reports(&st, &all, from, to),
+        || async {
+            ensure!(!pipeline.is_finished(), "the pipeline stopped early");
+            check_reports(&st, &all, from, to).await
+        },
     ))?;
     rt.block_on(eventually(
         "summary matches after restart",
         Duration::from_secs(30),
         || check_summary(&st, &all, from, to),
     ))?;
+    // Every event was within the out-of-orderness bound, and replay after the restart is not
+    // lateness: no event may have been counted late.
+    rt.block_on(async {
+        let text = st
+            .http
+            .get(format!("{}/metrics", st.api))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let late: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tally_late_events_total"))
+            .collect();
+        ensure!(!late.is_empty(), "no tally_late_events_total in /metrics");
+        ensure!(
+            late.iter().all(|l| l.ends_with(" 0")),
+            "late events counted: {late:?}"
+        );
+        anyhow::Ok(())
+    })?;
     // Every window of the generated range is final.
     let window_end = start + 115 * 60_000;
     rt.block_on(eventually(
@@ -502,7 +529,10 @@ fn events_flow_to_exact_reports_across_a_restart() -> anyhow::Result<()> {
     rt.block_on(eventually(
         "an event that keeps the watermark still is reported",
         Duration::from_secs(30),
-        || check_reports(&st, &all, from, to),
+        || async {
+            ensure!(!pipeline.is_finished(), "the pipeline stopped early");
+            check_reports(&st, &all, from, to).await
+        },
     ))?;
     stop.store(true, Ordering::SeqCst);
     pipeline

@@ -5,7 +5,7 @@ mod progress;
 mod schema;
 
 pub use config::PostgresConfig;
-pub use progress::{load_progress, save_progress, Progress};
+pub use progress::{load_progress, save_progress, PartitionProgress, Progress};
 pub use schema::migrate;
 
 /// Opens a connection pool.

@@ -11,19 +11,30 @@ use sqlx::PgPool;
 
 use crate::SinkError;
 
+/// Saved position in one partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The partition.
+    pub partition: i32,
+    /// Where to resume reading: the smallest offset still owed to ClickHouse.
+    pub next_offset: i64,
+    /// One past the largest offset read so far; what lies between the two is replayed.
+    pub read_until: i64,
+}
+
 /// Saved progress of one pipeline.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// Next offset to read, per (topic, partition).
-    pub offsets: HashMap<(String, i32), i64>,
+    /// Per (topic, partition).
+    pub offsets: HashMap<(String, i32), PartitionProgress>,
     /// Watermark time before which every output is acknowledged, if any was saved.
     pub acked_frontier_ms: Option<u64>,
 }
 
 /// Loads the progress of `pipeline`.
 pub async fn load_progress(pool: &PgPool, pipeline: &str) -> Result<Progress, SinkError> {
-    let rows: Vec<(String, i32, i64)> = sqlx::query_as(
-        "SELECT topic, partition, next_offset FROM pipeline_offsets WHERE pipeline = $1",
+    let rows: Vec<(String, i32, i64, i64)> = sqlx::query_as(
+        "SELECT topic, partition, next_offset, read_until FROM pipeline_offsets WHERE pipeline = $1",
     )
     .bind(pipeline)
     .fetch_all(pool)
@@ -36,7 +47,17 @@ pub async fn load_progress(pool: &PgPool, pipeline: &str) -> Result<Progress, Si
             .await
             .map_err(|e| SinkError::postgres("loading the frontier", e))?;
     Ok(Progress {
-        offsets: rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
+        offsets: rows
+            .into_iter()
+            .map(|(topic, partition, next_offset, read_until)| {
+                let saved = PartitionProgress {
+                    partition,
+                    next_offset,
+                    read_until,
+                };
+                ((topic, partition), saved)
+            })
+            .collect(),
         acked_frontier_ms: frontier.and_then(|f| u64::try_from(f).ok()),
     })
 }
@@ -47,7 +68,7 @@ pub async fn save_progress(
     pool: &PgPool,
     pipeline: &str,
     topic: &str,
-    offsets: &[(i32, i64)],
+    offsets: &[PartitionProgress],
     acked_frontier_ms: u64,
 ) -> Result<(), SinkError> {
     let ctx = |what: &'static str| move |e| SinkError::postgres(what, e);
@@ -55,18 +76,20 @@ pub async fn save_progress(
         .begin()
         .await
         .map_err(ctx("starting a progress update"))?;
-    for &(partition, next_offset) in offsets {
+    for o in offsets {
         sqlx::query(
-            "INSERT INTO pipeline_offsets (pipeline, topic, partition, next_offset)
-             VALUES ($1, $2, $3, $4)
+            "INSERT INTO pipeline_offsets (pipeline, topic, partition, next_offset, read_until)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (pipeline, topic, partition)
              DO UPDATE SET next_offset = GREATEST(pipeline_offsets.next_offset, EXCLUDED.next_offset),
+                           read_until = GREATEST(pipeline_offsets.read_until, EXCLUDED.read_until),
                            updated_at = now()",
         )
         .bind(pipeline)
         .bind(topic)
-        .bind(partition)
-        .bind(next_offset)
+        .bind(o.partition)
+        .bind(o.next_offset)
+        .bind(o.read_until)
         .execute(&mut *tx)
         .await
         .map_err(ctx("saving offsets"))?;

@@ -4,23 +4,32 @@ use sqlx::PgPool;
 
 use crate::SinkError;
 
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "pipeline progress",
-    "CREATE TABLE IF NOT EXISTS pipeline_offsets (
-            pipeline    TEXT        NOT NULL,
-            topic       TEXT        NOT NULL,
-            partition   INTEGER     NOT NULL,
-            next_offset BIGINT      NOT NULL,
-            updated_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
-            PRIMARY KEY (pipeline, topic, partition)
-        );
-        CREATE TABLE IF NOT EXISTS pipeline_frontiers (
-            pipeline          TEXT        PRIMARY KEY,
-            acked_frontier_ms BIGINT      NOT NULL,
-            updated_at        TIMESTAMPTZ NOT NULL DEFAULT now()
-        );",
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "pipeline progress",
+        "CREATE TABLE IF NOT EXISTS pipeline_offsets (
+                pipeline    TEXT        NOT NULL,
+                topic       TEXT        NOT NULL,
+                partition   INTEGER     NOT NULL,
+                next_offset BIGINT      NOT NULL,
+                updated_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+                PRIMARY KEY (pipeline, topic, partition)
+            );
+            CREATE TABLE IF NOT EXISTS pipeline_frontiers (
+                pipeline          TEXT        PRIMARY KEY,
+                acked_frontier_ms BIGINT      NOT NULL,
+                updated_at        TIMESTAMPTZ NOT NULL DEFAULT now()
+            );",
+    ),
+    (
+        2,
+        "offsets read before a stop",
+        // Messages below `read_until` were read before the pipeline stopped; reading them again
+        // after a restart is replay, which the pipeline tells apart from new late data.
+        "ALTER TABLE pipeline_offsets ADD COLUMN IF NOT EXISTS read_until BIGINT NOT NULL DEFAULT 0",
+    ),
+];
 
 /// Applies every migration not yet recorded, each in its own transaction. Idempotent.
 pub async fn migrate(pool: &PgPool) -> Result<Vec<&'static str>, SinkError> {
