@@ -116,38 +116,38 @@ async fn migrate(config: &TallyConfig) -> anyhow::Result<()> {
     let created = tally_pipeline::kafka::ensure_topics(&config.kafka).await?;
     println!(
         "kafka: topics created: {}",
-        if created.is_empty() {
-            "none (all exist)".into()
-        } else {
-            created.join(", ")
-        }
+        listed(&created, "none (all exist)")
     );
     let report = tally_sinks::clickhouse::migrate(&config.clickhouse).await?;
+    let retention = if report.features.ttl {
+        "supported (retention by TTL)"
+    } else {
+        "unsupported (retention by dropping monthly partitions)"
+    };
     println!(
-        "clickhouse {}: TTL {}; migrations applied: {}",
+        "clickhouse {}: TTL {retention}; migrations applied: {}",
         report.features.version,
-        if report.features.ttl {
-            "supported (retention by TTL)"
-        } else {
-            "unsupported (retention by dropping monthly partitions)"
-        },
-        if report.applied.is_empty() {
-            "none (up to date)".into()
-        } else {
-            report.applied.join(", ")
-        }
+        listed(&report.applied, "none (up to date)")
     );
     let pool = tally_sinks::postgres::connect(&config.postgres).await?;
     let applied = tally_sinks::postgres::migrate(&pool).await?;
     println!(
         "postgres: migrations applied: {}",
-        if applied.is_empty() {
-            "none (up to date)".into()
-        } else {
-            applied.join(", ")
-        }
+        listed(&applied, "none (up to date)")
     );
     Ok(())
+}
+
+/// `a, b, c`, or `none` for an empty list.
+fn listed<T: AsRef<str>>(items: &[T], none: &str) -> String {
+    if items.is_empty() {
+        return none.to_owned();
+    }
+    items
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn settings(config: &TallyConfig) -> tally_pipeline::PipelineSettings {

@@ -136,9 +136,13 @@ pub fn clickhouse_sink<'scope>(
                         || waited >= ctx.batch_wait
                         || ctx.flush_all.get();
                     if due && in_flight.len() < MAX_IN_FLIGHT {
-                        let taken = std::mem::take(&mut batch);
+                        let mut taken = std::mem::take(&mut batch);
                         batch.last_version = taken.last_version;
-                        in_flight.push(spawn_write(taken, &ctx, waker.clone()));
+                        // The capability (taken with the batch's first record) is held until
+                        // ClickHouse acknowledged the batch.
+                        let cap = taken.cap.take();
+                        let (status, rows) = spawn_write(taken, &ctx, waker.clone());
+                        in_flight.extend(cap.map(|cap| (cap, status, rows)));
                     } else if !due {
                         activator.activate_after(ctx.batch_wait - waited);
                     }
@@ -154,12 +158,9 @@ fn spawn_write(
     batch: Batch,
     ctx: &SinkContext,
     waker: timely::scheduling::SyncActivator,
-) -> (Capability<u64>, Arc<AtomicU8>, usize) {
+) -> (Arc<AtomicU8>, usize) {
     let Batch {
-        cap,
-        events,
-        rollups,
-        ..
+        events, rollups, ..
     } = batch;
     let rows = events.len() + rollups.len();
     let status = Arc::new(AtomicU8::new(PENDING));
@@ -201,7 +202,5 @@ fn spawn_write(
         }
         let _ = waker.activate();
     });
-    // A batch always has a capability: it is taken with its first record.
-    let cap = cap.unwrap_or_else(|| unreachable!("a non-empty batch holds a capability"));
-    (cap, status, rows)
+    (status, rows)
 }
