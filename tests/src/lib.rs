@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod harness;
+
 /// Whether the service tests should run; prints why they are skipped otherwise.
 pub fn enabled(test: &str) -> bool {
     if std::env::var("TALLY_E2E").as_deref() == Ok("1") {
