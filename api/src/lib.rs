@@ -6,7 +6,8 @@
 mod config;
 mod error;
 mod ingest;
-mod reports;
+pub mod queries;
+pub mod reports;
 mod state;
 
 use std::future::Future;

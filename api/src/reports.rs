@@ -24,14 +24,16 @@ pub enum Metric {
 }
 
 impl Metric {
-    const ALL: [(&'static str, Metric); 4] = [
+    /// Every metric with its name in the API.
+    pub const ALL: [(&'static str, Metric); 4] = [
         ("events", Metric::Events),
         ("unique_users", Metric::UniqueUsers),
         ("unique_sessions", Metric::UniqueSessions),
         ("unique_event_types", Metric::UniqueEventTypes),
     ];
 
-    fn name(self) -> &'static str {
+    /// The name in the API.
+    pub fn name(self) -> &'static str {
         Metric::ALL
             .iter()
             .find(|(_, m)| *m == self)
@@ -39,7 +41,7 @@ impl Metric {
     }
 
     /// The `rollups` column (a fixed identifier: never built from input).
-    fn column(self) -> &'static str {
+    pub(crate) fn column(self) -> &'static str {
         self.name()
     }
 }
@@ -78,7 +80,7 @@ impl ReportQuery {
     }
 }
 
-fn ms(t: DateTime<Utc>) -> u64 {
+pub(crate) fn ms(t: DateTime<Utc>) -> u64 {
     u64::try_from(t.timestamp_millis()).unwrap_or(0)
 }
 
@@ -190,10 +192,13 @@ pub struct ReportResponse {
     points: Vec<Point>,
 }
 
+/// One point as ClickHouse returns it.
 #[derive(clickhouse::Row, Deserialize)]
-struct SeriesRow {
-    window_start: u32,
-    value: u64,
+pub struct SeriesRow {
+    /// Window start, seconds.
+    pub window_start: u32,
+    /// The metric's latest value.
+    pub value: u64,
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -213,22 +218,7 @@ pub async fn get_report(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<ReportResponse>, ApiError> {
     let q = parse_report_query(&params, state.config.max_report_windows)?;
-    let sql = format!(
-        "SELECT toUInt32(window_start) AS window_start, argMax({col}, version) AS value
-         FROM rollups
-         WHERE granularity = ? AND event_type = ?
-           AND window_start >= toDateTime(?) AND window_start < toDateTime(?)
-         GROUP BY window_start ORDER BY window_start",
-        col = q.metric.column()
-    );
-    let first = q.window.start_of(ms(q.from));
-    let rows: Vec<SeriesRow> = state
-        .clickhouse
-        .query(&sql)
-        .bind(q.window.label())
-        .bind(q.event_type.as_deref().unwrap_or(""))
-        .bind(first / 1000)
-        .bind(ms(q.to).div_ceil(1000))
+    let rows: Vec<SeriesRow> = crate::queries::series(&state.clickhouse, &q)
         .fetch_all()
         .await
         .map_err(clickhouse_unavailable)?;
@@ -298,32 +288,7 @@ pub async fn get_summary(
     }
     let (from, to) = range(&params)?;
     let event_type = event_type_param(&params)?;
-    let filter = if event_type.is_some() {
-        "AND event_type = ?"
-    } else {
-        ""
-    };
-    // `FINAL` collapses events replayed after a restart (same id, same time) into one row.
-    let sql = format!(
-        "SELECT count() AS events,
-                uniqExact(user_id) AS unique_users,
-                uniqExactIf(session_id, session_id != '') AS unique_sessions,
-                uniqExact(event_type) AS unique_event_types
-         FROM events FINAL
-         WHERE timestamp >= toDateTime(?) AND timestamp <= toDateTime(?)
-           AND timestamp_ms >= ? AND timestamp_ms < ? {filter}"
-    );
-    let (from_ms, to_ms) = (ms(from), ms(to));
-    let mut query = state
-        .clickhouse
-        .query(&sql)
-        .bind(from_ms / 1000)
-        .bind(to_ms / 1000)
-        .bind(from_ms)
-        .bind(to_ms);
-    if let Some(t) = &event_type {
-        query = query.bind(t.as_str());
-    }
+    let query = crate::queries::summary(&state.clickhouse, ms(from), ms(to), event_type.as_deref());
     let summary: Summary = query.fetch_one().await.map_err(clickhouse_unavailable)?;
     Ok(Json(summary))
 }

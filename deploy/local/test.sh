@@ -2,7 +2,8 @@
 # Tally's test command: everything CI runs, in order.
 #
 #   1. build prerequisites (Debian packages, the pinned Rust toolchain's
-#      rustfmt and clippy), installed only when missing
+#      rustfmt and clippy, PyPI chdb-core for the current-ClickHouse check),
+#      installed only when missing
 #   2. cargo fmt --check
 #   3. the local stack (deploy/local/stack.sh up): Kafka, ClickHouse, PostgreSQL
 #   4. cargo clippy -D warnings, cargo build
@@ -65,6 +66,13 @@ ensure_toolchain() {
 # shellcheck source-path=SCRIPTDIR source=lib/common.sh
 . "$REPO_ROOT/deploy/local/lib/common.sh"
 
+# tests/tests/current_clickhouse.rs runs Tally's SQL on a current ClickHouse in-process.
+ensure_chdb() {
+    python3 -c 'import chdb' 2>/dev/null && return 0
+    echo "installing chdb-core (a current ClickHouse engine, in-process) from PyPI"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore chdb-core
+}
+
 STARTED_STACK=0
 stop_stack() {
     local rc=$?
@@ -78,6 +86,7 @@ stop_stack() {
 step "build prerequisites"
 install_build_packages
 ensure_toolchain
+ensure_chdb
 cargo --version
 
 step "cargo fmt --check"

@@ -171,21 +171,12 @@ fn spawn_write(
     );
     let rollups: Vec<RollupRecord> = rollups.into_values().collect();
     ctx.runtime.spawn(async move {
-        let metrics = Metrics::get();
         let result = async {
-            for (table, n, write) in [("events", events.len(), true), ("rollups", rollups.len(), false)] {
-                if n == 0 {
-                    continue;
-                }
-                let started = Instant::now();
-                if write {
-                    writer.write_events(&events).await?;
-                } else {
-                    writer.write_rollups(&rollups).await?;
-                }
-                metrics.sink_batch_rows.with_label_values(&[table]).observe(n as f64);
-                let secs = started.elapsed().as_secs_f64();
-                metrics.sink_batch_seconds.with_label_values(&[table]).observe(secs);
+            if !events.is_empty() {
+                timed("events", events.len(), writer.write_events(&events)).await?;
+            }
+            if !rollups.is_empty() {
+                timed("rollups", rollups.len(), writer.write_rollups(&rollups)).await?;
             }
             Ok::<(), tally_sinks::SinkError>(())
         }
@@ -203,4 +194,22 @@ fn spawn_write(
         let _ = waker.activate();
     });
     (status, rows)
+}
+
+/// Runs one insert, recording its size and duration (retries included).
+async fn timed(
+    table: &str,
+    rows: usize,
+    insert: impl std::future::Future<Output = Result<(), tally_sinks::SinkError>>,
+) -> Result<(), tally_sinks::SinkError> {
+    let started = Instant::now();
+    insert.await?;
+    let m = Metrics::get();
+    m.sink_batch_rows
+        .with_label_values(&[table])
+        .observe(rows as f64);
+    m.sink_batch_seconds
+        .with_label_values(&[table])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(())
 }

@@ -45,9 +45,7 @@ impl Features {
             .execute()
             .await
             .map_err(|e| SinkError::clickhouse("probe", e))?;
-        let create = format!(
-            "CREATE TABLE {probe} (d Date) ENGINE = MergeTree ORDER BY d TTL d + INTERVAL 1 DAY"
-        );
+        let create = ttl_probe_sql(&probe);
         let ttl = match client.query(&create).execute().await {
             Ok(()) => true,
             Err(clickhouse::error::Error::BadResponse(text)) if text.contains("Code: 62") => false,
@@ -60,4 +58,9 @@ impl Features {
             .map_err(|e| SinkError::clickhouse("probe", e))?;
         Ok(Features { version, ttl })
     }
+}
+
+/// A table with a TTL clause: creating it succeeds exactly where the server supports TTL.
+pub fn ttl_probe_sql(table: &str) -> String {
+    format!("CREATE TABLE {table} (d Date) ENGINE = MergeTree ORDER BY d TTL d + INTERVAL 1 DAY")
 }

@@ -9,8 +9,11 @@ mod rows;
 mod schema;
 mod writer;
 
-pub use client::{connect, Features};
+pub use client::{connect, ttl_probe_sql, Features};
 pub use config::ClickHouseConfig;
 pub use rows::{EventRow, RollupRecord};
-pub use schema::{drop_expired_partitions, migrate, MigrationReport};
+pub use schema::{
+    bootstrap_sql, drop_expired_partitions, migrate, migrations_sql, MigrationReport,
+    LIST_PARTITIONS_SQL,
+};
 pub use writer::ClickHouseWriter;

@@ -85,22 +85,38 @@ fn rollups_ddl(config: &ClickHouseConfig, _features: &Features) -> String {
     )
 }
 
+/// The statements that set the database up before any migration: the database itself and the
+/// ledger of applied migrations.
+pub fn bootstrap_sql(config: &ClickHouseConfig) -> [String; 2] {
+    let db = &config.database;
+    [
+        format!("CREATE DATABASE IF NOT EXISTS {db}"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.tally_migrations (
+                id UInt32, name String, applied_at DateTime
+            ) ENGINE = MergeTree ORDER BY id"
+        ),
+    ]
+}
+
+/// Every migration's statement for a server with `features`, in order: `(id, name, sql)`.
+pub fn migrations_sql(
+    config: &ClickHouseConfig,
+    features: &Features,
+) -> Vec<(u32, &'static str, String)> {
+    MIGRATIONS
+        .iter()
+        .map(|m| (m.id, m.name, (m.sql)(config, features)))
+        .collect()
+}
+
 /// Creates the database and applies every migration not yet recorded. Idempotent.
 pub async fn migrate(config: &ClickHouseConfig) -> Result<MigrationReport, SinkError> {
     let client = connect(config, false);
     let db = &config.database;
-    exec(
-        &client,
-        &format!("CREATE DATABASE IF NOT EXISTS {db}"),
-        "creating the database",
-    )
-    .await?;
-    let ledger = format!(
-        "CREATE TABLE IF NOT EXISTS {db}.tally_migrations (
-            id UInt32, name String, applied_at DateTime
-        ) ENGINE = MergeTree ORDER BY id"
-    );
-    exec(&client, &ledger, "creating tally_migrations").await?;
+    for sql in bootstrap_sql(config) {
+        exec(&client, &sql, "creating the database and tally_migrations").await?;
+    }
     let features = Features::detect(&client, db).await?;
     let done: Vec<u32> = client
         .query(&format!("SELECT id FROM {db}.tally_migrations"))
@@ -108,14 +124,16 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<MigrationReport, SinkE
         .await
         .map_err(|e| SinkError::clickhouse("reading applied migrations", e))?;
     let mut applied = Vec::new();
-    for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.id)) {
-        exec(&client, &(m.sql)(config, &features), m.name).await?;
+    for (id, name, sql) in migrations_sql(config, &features)
+        .into_iter()
+        .filter(|(id, ..)| !done.contains(id))
+    {
+        exec(&client, &sql, name).await?;
         let record = format!(
-            "INSERT INTO {db}.tally_migrations (id, name, applied_at) VALUES ({}, '{}', now())",
-            m.id, m.name
+            "INSERT INTO {db}.tally_migrations (id, name, applied_at) VALUES ({id}, '{name}', now())"
         );
         exec(&client, &record, "recording a migration").await?;
-        applied.push(m.name);
+        applied.push(name);
     }
     Ok(MigrationReport { features, applied })
 }
@@ -133,6 +151,10 @@ struct PartitionRow {
     partition: String,
 }
 
+/// The monthly partitions of `events` (bind the database name).
+pub const LIST_PARTITIONS_SQL: &str =
+    "SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = 'events' AND active";
+
 /// Retention where the server has no TTL: drops every monthly partition of `events` whose
 /// newest possible row is older than `retention_days` before `now_secs`. Returns the dropped
 /// partitions (`YYYYMM`).
@@ -143,7 +165,7 @@ pub async fn drop_expired_partitions(
 ) -> Result<Vec<u32>, SinkError> {
     let db = &config.database;
     let parts: Vec<PartitionRow> = client
-        .query("SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = 'events' AND active")
+        .query(LIST_PARTITIONS_SQL)
         .bind(db.as_str())
         .fetch_all()
         .await
@@ -186,6 +208,35 @@ mod tests {
         // December rolls the year: 2023-12 ends at 2024-01-01T00:00:00Z.
         assert_eq!(month_end_secs(202312), Some(1_704_067_200));
         assert_eq!(month_end_secs(202313), None);
+    }
+
+    /// Column names of a `CREATE TABLE (...)` statement, in order.
+    fn columns(ddl: &str) -> Vec<String> {
+        let body = &ddl[ddl.find('(').unwrap_or(0) + 1..ddl.find(") ENGINE").unwrap_or(ddl.len())];
+        body.split(',')
+            .filter_map(|c| c.split_whitespace().next().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn row_types_match_the_tables_column_for_column() {
+        use clickhouse::Row;
+        // Inserts are RowBinary without validation: field order is the contract.
+        let config = ClickHouseConfig::default();
+        let f = Features {
+            version: "x".into(),
+            ttl: false,
+        };
+        let want = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            columns(&events_ddl(&config, &f)),
+            want(super::super::EventRow::COLUMN_NAMES)
+        );
+        assert_eq!(
+            columns(&rollups_ddl(&config, &f)),
+            want(super::super::RollupRecord::COLUMN_NAMES)
+        );
+        assert_eq!(columns(&events_ddl(&config, &f)).len(), 10);
     }
 
     #[test]

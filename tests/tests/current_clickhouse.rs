@@ -1,0 +1,143 @@
+//! Tally's ClickHouse SQL on a *current* ClickHouse (26.x), while the local stack runs 18.16:
+//! the schema for both feature sets, the TTL probe, and the report and summary queries with
+//! their client-side bound values, run in-process by `tests/current_clickhouse.py` (PyPI
+//! `chdb-core`). The expected results are worked out by hand from the rows inserted here.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use anyhow::{ensure, Context as _};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tally_api::reports::{Metric, ReportQuery};
+use tally_operators::Window;
+use tally_sinks::clickhouse::{
+    bootstrap_sql, migrations_sql, ttl_probe_sql, ClickHouseConfig, Features, LIST_PARTITIONS_SQL,
+};
+
+/// The start of the hour a day ago: recent enough that the 365-day TTL keeps the rows.
+fn t0() -> i64 {
+    let now = Utc::now().timestamp();
+    now - now % 3_600 - 86_400
+}
+
+fn chdb_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import chdb"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn schema(database: &str, ttl: bool) -> Vec<String> {
+    let config = ClickHouseConfig {
+        database: database.into(),
+        ..ClickHouseConfig::default()
+    };
+    let features = Features {
+        version: "26".into(),
+        ttl,
+    };
+    let mut sql: Vec<String> = bootstrap_sql(&config).into();
+    sql.extend(
+        migrations_sql(&config, &features)
+            .into_iter()
+            .map(|(_, _, s)| s),
+    );
+    sql
+}
+
+fn report_sql(client: &clickhouse::Client, metric: Metric, event_type: Option<&str>) -> String {
+    let t0 = t0();
+    let at = |s: i64| DateTime::<Utc>::from_timestamp(s, 0).unwrap_or_default();
+    let q = ReportQuery {
+        metric,
+        window: Window::Minute,
+        from: at(t0),
+        to: at(t0 + 120),
+        event_type: event_type.map(str::to_owned),
+    };
+    tally_api::queries::series(client, &q)
+        .sql_display()
+        .to_string()
+}
+
+#[test]
+fn sql_runs_on_current_clickhouse() -> anyhow::Result<()> {
+    if !chdb_available() {
+        ensure!(
+            std::env::var("TALLY_E2E").as_deref() != Ok("1"),
+            "python3 cannot import chdb: `pip install chdb-core` (deploy/local/test.sh does)"
+        );
+        eprintln!("skipping sql_runs_on_current_clickhouse: python3 cannot import chdb (pip install chdb-core)");
+        return Ok(());
+    }
+    let client = clickhouse::Client::default();
+    let t0 = t0();
+    let month = DateTime::<Utc>::from_timestamp(t0, 0)
+        .unwrap_or_default()
+        .format("%Y%m")
+        .to_string();
+    let mut setup = schema("tally_nottl", false); // what 18.16 gets must run on 26.x too
+    setup.extend(schema("tally", true));
+    setup.push(ttl_probe_sql("tally._tally_probe_ttl"));
+    setup.push("USE tally".into());
+    // Events: e1 twice (a replay: FINAL collapses it), e2, e3; users u1, u2; one session.
+    setup.push(format!(
+        "INSERT INTO events VALUES
+         ('e1','click','u1','s1',{t1},{t1}000,'{{}}',{t1},0,1),
+         ('e1','click','u1','s1',{t1},{t1}000,'{{}}',{t1},0,1),
+         ('e2','view','u1','s1',{t2},{t2}500,'{{}}',{t2},0,2),
+         ('e3','view','u2','',{t3},{t3}000,'{{}}',{t3},1,1)",
+        t1 = t0 + 1,
+        t2 = t0 + 2,
+        t3 = t0 + 61
+    ));
+    // Rollups: the first minute in two versions (the later wins, though its session count is
+    // smaller: argMax, not max), the second minute in one.
+    setup.push(format!(
+        "INSERT INTO rollups VALUES
+         ('1m',{t0},'',1,1,3,1,0,10), ('1m',{t0},'',2,1,1,2,1,20),
+         ('1m',{m1},'',1,1,0,1,1,10), ('1m',{t0},'view',1,1,1,1,1,20)",
+        m1 = t0 + 60
+    ));
+    let summary = |from: i64, to: i64, t: Option<&str>| {
+        tally_api::queries::summary(&client, from as u64 * 1000, to as u64 * 1000, t)
+            .sql_display()
+            .to_string()
+    };
+    let checks = json!([
+        {"sql": report_sql(&client, Metric::Events, None), "expect": format!("{t0},2\n{},1\n", t0 + 60)},
+        {"sql": report_sql(&client, Metric::UniqueEventTypes, None), "expect": format!("{t0},2\n{},1\n", t0 + 60)},
+        {"sql": report_sql(&client, Metric::UniqueSessions, None), "expect": format!("{t0},1\n{},0\n", t0 + 60)},
+        {"sql": report_sql(&client, Metric::UniqueUsers, Some("view")), "expect": format!("{t0},1\n")},
+        {"sql": summary(t0, t0 + 120, None), "expect": "3,2,1,2\n"},
+        {"sql": summary(t0, t0 + 120, Some("view")), "expect": "2,2,1,1\n"},
+        // [from, to) at millisecond precision: e2 is at 10:00:02.500.
+        {"sql": summary(t0, t0 + 2, None), "expect": "1,1,1,1\n"},
+        {"sql": "SHOW CREATE TABLE tally.events", "contains": "TTL"},
+        {"sql": "SHOW CREATE TABLE tally_nottl.events", "excludes": "TTL", "contains": "ReplacingMergeTree"},
+        {"sql": LIST_PARTITIONS_SQL.replacen('?', "'tally'", 1), "expect": format!("\"{month}\"\n")},
+        {"sql": "SELECT count() FROM tally.tally_migrations", "expect": "0\n"},
+    ]);
+    let plan = json!({"setup": setup, "checks": checks});
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/current_clickhouse.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(plan.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "{text}");
+    ensure!(
+        text.matches("\nok:").count() == 11,
+        "not every check ran:\n{text}"
+    );
+    Ok(())
+}
