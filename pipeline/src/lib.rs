@@ -19,4 +19,4 @@ pub use config::PipelineConfig;
 pub use error::PipelineError;
 pub use offsets::PendingOffsets;
 pub use run::{run, PipelineSettings};
-pub use watermark::{combine, Summary, Watermarks};
+pub use watermark::{combine, past_idle, Combined, Mark, Watermarks};

@@ -1,6 +1,7 @@
 //! The pipeline: one timely worker per thread, each reading its share of the topic's partitions.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,7 @@ use crate::kafka::{client_config, KafkaConfig};
 use crate::metrics::Metrics;
 use crate::sink::{clickhouse_sink, SinkContext, SinkRecord};
 use crate::source::{KafkaSource, Read, Windowing};
-use crate::watermark::{combine, Summary, Watermarks};
+use crate::watermark::{combine, past_idle, Mark, Watermarks};
 use crate::{PipelineConfig, PipelineError};
 
 /// Everything the pipeline is configured with.
@@ -45,8 +46,9 @@ struct Shared {
     partitions: Vec<i32>,
     shutdown: Arc<AtomicBool>,
     fatal: Arc<Mutex<Option<String>>>,
-    /// Each worker's watermark summary, combined into one source watermark.
-    marks: Mutex<Vec<Summary>>,
+    /// Every partition's watermark mark and read position, published by its worker and combined
+    /// by each into one source watermark.
+    marks: Mutex<BTreeMap<i32, (Mark, Option<i64>)>>,
     /// Operator counters, shared by every worker so the exported totals are sums.
     counters: OperatorCounters,
     /// Each worker's input time once it starts draining (`u64::MAX` before).
@@ -87,7 +89,7 @@ pub fn run(
         partitions,
         shutdown,
         fatal: Arc::new(Mutex::new(None)),
-        marks: Mutex::new(vec![Summary::default(); workers]),
+        marks: Mutex::new(BTreeMap::new()),
         counters: OperatorCounters::default(),
         drained_at: Mutex::new(vec![u64::MAX; workers]),
         backlogs: (0..workers)
@@ -223,6 +225,8 @@ struct Cadence {
     commit: Instant,
     lag: Instant,
     saved: Option<(u64, Vec<PartitionProgress>)>,
+    /// Last time idle partitions were checked against the broker.
+    verified: Option<Instant>,
 }
 
 /// The per-worker loop: read, advance the watermark, tick, step, save progress. On shutdown it
@@ -276,6 +280,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
         commit: origin,
         lag: origin,
         saved: None,
+        verified: None,
     };
     while !shared.shutdown.load(Ordering::SeqCst) {
         check_fatal(shared)?;
@@ -290,7 +295,8 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
                 df.events.flush();
             }
         }
-        if let Some(wm) = global_watermark(shared, index, source.summary(mono_ms(origin))) {
+        let now = mono_ms(origin);
+        if let Some(wm) = global_watermark(shared, &source, now, df.time(), &mut cadence.verified) {
             df.advance_to(wm);
         }
         if cadence.tick.elapsed() >= Duration::from_millis(p.provisional_interval_ms) {
@@ -362,11 +368,39 @@ fn drain(
     }
 }
 
-/// Publishes this worker's summary and combines every worker's (in-process workers share them).
-fn global_watermark(shared: &Shared, index: usize, mine: Summary) -> Option<u64> {
-    let mut marks = shared.marks.lock().ok()?;
-    marks[index] = mine;
-    combine(&marks)
+/// How often the watermark may pass idle partitions, each time after asking the broker.
+const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Publishes this worker's marks and combines every partition's into the source watermark.
+///
+/// When the result passes idle partitions (see [`combine`]) and would advance the input, the
+/// broker is asked first whether those partitions really have nothing unread; one that has
+/// caps the watermark at its own (or holds it, before its first event). The check runs at most
+/// every [`IDLE_CHECK_INTERVAL`]; in between, the watermark waits rather than trusting an old
+/// answer, since a burst after a quiet spell is exactly when a stale answer would be wrong.
+fn global_watermark(
+    shared: &Shared,
+    source: &KafkaSource,
+    now_ms: u64,
+    current: u64,
+    last_check: &mut Option<Instant>,
+) -> Option<u64> {
+    let (combined, marks) = {
+        let mut all = shared.marks.lock().ok()?;
+        for (p, mark, position) in source.marks(now_ms) {
+            all.insert(p, (mark, position));
+        }
+        let marks: BTreeMap<i32, Mark> = all.iter().map(|(&p, &(m, _))| (p, m)).collect();
+        (combine(&marks), all.clone())
+    };
+    let may_check = last_check.is_none_or(|t| t.elapsed() >= IDLE_CHECK_INTERVAL);
+    let (watermark, checked) = past_idle(&combined, &marks, current, may_check, |p, position| {
+        source.has_unread(p, position)
+    });
+    if checked {
+        *last_check = Some(Instant::now());
+    }
+    watermark
 }
 
 fn check_fatal(shared: &Shared) -> Result<(), PipelineError> {

@@ -17,7 +17,7 @@ use crate::event::{id_from_position, Clock, Event, Invalid};
 use crate::kafka::{client_config, producer_config, KafkaConfig};
 use crate::metrics::Metrics;
 use crate::offsets::PendingOffsets;
-use crate::watermark::{Summary, Watermarks};
+use crate::watermark::{Mark, Watermarks};
 use crate::PipelineError;
 
 /// One valid event as read, with where it came from.
@@ -73,6 +73,7 @@ pub struct KafkaSource {
     owed: PendingOffsets,
     next_offsets: BTreeMap<i32, i64>,
     replay_until: HashMap<i32, i64>,
+    start_offsets: HashMap<i32, i64>,
     dlq_written: Vec<(i32, i64)>,
 }
 
@@ -95,10 +96,14 @@ impl KafkaSource {
             .map_err(|e| PipelineError::kafka("creating the consumer", e))?;
         let mut tpl = TopicPartitionList::new();
         let mut replay_until = HashMap::new();
+        let mut start_offsets = HashMap::new();
         for &p in partitions {
             let saved = progress.offsets.get(&(config.topic.clone(), p));
             let offset = saved.map_or(Offset::Beginning, |s| Offset::Offset(s.next_offset));
             replay_until.insert(p, saved.map_or(0, |s| s.read_until));
+            if let Some(s) = saved {
+                start_offsets.insert(p, s.next_offset);
+            }
             tpl.add_partition_offset(&config.topic, p, offset)
                 .map_err(|e| PipelineError::kafka("building the assignment", e))?;
         }
@@ -116,6 +121,7 @@ impl KafkaSource {
             owed: PendingOffsets::default(),
             next_offsets: BTreeMap::new(),
             replay_until,
+            start_offsets,
             dlq_written: Vec::new(),
         })
     }
@@ -189,9 +195,37 @@ impl KafkaSource {
         Ok(read)
     }
 
-    /// This worker's watermark summary at `now_ms`.
-    pub fn summary(&self, now_ms: u64) -> Summary {
-        self.watermarks.summary(now_ms)
+    /// Every partition's watermark mark at `now_ms`, with its read position (`None`: reading
+    /// from the beginning and nothing read yet).
+    pub fn marks(&self, now_ms: u64) -> Vec<(i32, Mark, Option<i64>)> {
+        self.watermarks
+            .marks(now_ms)
+            .map(|(p, mark)| {
+                let position = self
+                    .next_offsets
+                    .get(&p)
+                    .or(self.start_offsets.get(&p))
+                    .copied();
+                (p, mark, position)
+            })
+            .collect()
+    }
+
+    /// Whether the broker holds messages of `partition` (any partition of the topic, not only
+    /// this worker's) at or after `position`. An unanswered query counts as yes: holding the
+    /// watermark a little longer is safe, passing unread data is not.
+    pub fn has_unread(&self, partition: i32, position: Option<i64>) -> bool {
+        let timeout = Duration::from_secs(1);
+        match self
+            .consumer
+            .fetch_watermarks(&self.config.topic, partition, timeout)
+        {
+            Ok((low, high)) => high > position.unwrap_or(low),
+            Err(e) => {
+                tracing::debug!(partition, error = %e, "high watermark query failed");
+                true
+            }
+        }
     }
 
     /// The position to save once the acknowledged `frontier` is durable, per partition read.

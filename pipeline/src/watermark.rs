@@ -1,11 +1,18 @@
 //! Per-partition event-time watermarks with bounded out-of-orderness and idleness.
 //!
 //! A partition's watermark is the largest event time it has delivered minus the bound. The
-//! source's watermark is the minimum over partitions that are not idle. A partition is idle when
-//! it has been caught up (the broker said end-of-partition) and delivered nothing for the idle
-//! timeout, so a quiet partition cannot hold every window open forever, while one the source is
-//! merely behind on (backpressure) still holds it. When every partition is idle the watermark is
-//! the largest partition watermark, so the last windows of a finished stream still close.
+//! source's watermark is the minimum over partitions that are not idle, across every worker. A
+//! partition is idle when it has been caught up (the broker said end-of-partition) and delivered
+//! nothing for the idle timeout, so a quiet partition cannot hold every window open forever,
+//! while one the source is merely behind on (backpressure) still holds it. When every partition
+//! is idle the watermark is the largest partition watermark, so the last windows of a finished
+//! stream still close.
+//!
+//! Idleness is a guess made from the past: when a burst follows a quiet spell, the partitions
+//! whose data is fetched first would carry the watermark past partitions still flagged idle whose
+//! data sits at the broker, unread, and that data would be late. So [`combine`] also names the
+//! idle partitions its answer relies on, and the caller checks them against the broker (high
+//! watermark versus read position) before advancing; see `run::global_watermark`.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +30,25 @@ pub struct Watermarks {
     bound_ms: u64,
     idle_ms: u64,
     partitions: BTreeMap<i32, Partition>,
+}
+
+/// One partition's state as the combined watermark needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    /// The partition's watermark, `None` before its first event.
+    pub watermark: Option<u64>,
+    /// Caught up and quiet for the idle timeout.
+    pub idle: bool,
+}
+
+/// The combined watermark and the idle partitions it was allowed to pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Combined {
+    /// The watermark, `None` while an active partition has delivered nothing.
+    pub watermark: Option<u64>,
+    /// Idle partitions whose own watermark is below `watermark` (or unknown): the answer holds
+    /// only if they really have nothing unread.
+    pub relies_on: Vec<i32>,
 }
 
 impl Watermarks {
@@ -70,89 +96,131 @@ impl Watermarks {
         p.max_ts.map(|m| m.saturating_sub(self.bound_ms))
     }
 
-    /// What this worker's partitions say at `now_ms`, to combine with other workers'.
-    pub fn summary(&self, now_ms: u64) -> Summary {
-        let idle =
-            |p: &Partition| p.at_end && now_ms.saturating_sub(p.last_message_ms) >= self.idle_ms;
-        let wm = |p: &Partition| p.max_ts.map(|m| m.saturating_sub(self.bound_ms));
-        let mut active = self.partitions.values().filter(|p| !idle(p)).peekable();
-        let has_active = active.peek().is_some();
-        Summary {
-            has_active,
-            active_min: active
-                .map(wm)
-                .try_fold(u64::MAX, |acc, w| w.map(|w| acc.min(w))),
-            max: self.partitions.values().filter_map(wm).max(),
+    /// Every partition's mark at `now_ms`.
+    pub fn marks(&self, now_ms: u64) -> impl Iterator<Item = (i32, Mark)> + '_ {
+        self.partitions.iter().map(move |(&id, p)| {
+            let idle = p.at_end && now_ms.saturating_sub(p.last_message_ms) >= self.idle_ms;
+            (
+                id,
+                Mark {
+                    watermark: self.partition(id),
+                    idle,
+                },
+            )
+        })
+    }
+}
+
+/// The watermark over `marks` (every partition of every worker): the minimum over active
+/// partitions; when all are idle, the largest partition watermark.
+pub fn combine(marks: &BTreeMap<i32, Mark>) -> Combined {
+    let mut active = marks.values().filter(|m| !m.idle).peekable();
+    let watermark = if active.peek().is_some() {
+        active.try_fold(u64::MAX, |acc, m| m.watermark.map(|w| acc.min(w)))
+    } else {
+        marks.values().filter_map(|m| m.watermark).max()
+    };
+    let relies_on = match watermark {
+        Some(w) => marks
+            .iter()
+            .filter(|(_, m)| m.idle && m.watermark.is_none_or(|own| own < w))
+            .map(|(&p, _)| p)
+            .collect(),
+        None => Vec::new(),
+    };
+    Combined {
+        watermark,
+        relies_on,
+    }
+}
+
+/// How far the watermark may go, given the broker's word on the idle partitions `combined`
+/// relies on. `marks` holds each partition's mark and read position; `has_unread(p, position)`
+/// asks the broker. Without a need to ask (nothing relied on, or no advance past `current`) it
+/// returns `combined.watermark`; when a check is due but `may_check` is false it returns `None`
+/// (wait for the next check rather than trust an old answer). A relied-on partition with unread
+/// data caps the watermark at its own (none yet: no advance). The flag says whether it asked.
+pub fn past_idle(
+    combined: &Combined,
+    marks: &BTreeMap<i32, (Mark, Option<i64>)>,
+    current: u64,
+    may_check: bool,
+    mut has_unread: impl FnMut(i32, Option<i64>) -> bool,
+) -> (Option<u64>, bool) {
+    let Some(watermark) = combined.watermark else {
+        return (None, false);
+    };
+    if combined.relies_on.is_empty() || watermark <= current {
+        return (Some(watermark), false);
+    }
+    if !may_check {
+        return (None, false);
+    }
+    let mut limit = Some(watermark);
+    for p in &combined.relies_on {
+        let Some(&(mark, position)) = marks.get(p) else {
+            return (None, true);
+        };
+        if has_unread(*p, position) {
+            limit = limit.zip(mark.watermark).map(|(l, own)| l.min(own));
         }
     }
-
-    /// The watermark of this worker's partitions alone (see [`combine`]).
-    pub fn current(&self, now_ms: u64) -> Option<u64> {
-        combine(&[self.summary(now_ms)])
-    }
-}
-
-/// One worker's view of its partitions' watermarks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Summary {
-    /// Whether any partition is active (not idle).
-    pub has_active: bool,
-    /// Minimum over active partitions; `None` while an active partition has delivered nothing.
-    pub active_min: Option<u64>,
-    /// Maximum over all partitions that delivered anything.
-    pub max: Option<u64>,
-}
-
-/// The source watermark over every worker: the minimum over active partitions anywhere; when
-/// every partition everywhere is idle, the largest partition watermark. Combining across workers
-/// matters: a worker whose partitions all went quiet must not hold back the others.
-pub fn combine(workers: &[Summary]) -> Option<u64> {
-    if workers.iter().any(|w| w.has_active) {
-        workers
-            .iter()
-            .filter(|w| w.has_active)
-            .try_fold(u64::MAX, |acc, w| w.active_min.map(|m| acc.min(m)))
-    } else {
-        workers.iter().filter_map(|w| w.max).max()
-    }
+    (limit, true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn combined(workers: &[&Watermarks], now: u64) -> Combined {
+        combine(&workers.iter().flat_map(|w| w.marks(now)).collect())
+    }
+
     #[test]
     fn minimum_over_active_partitions() {
         let mut w = Watermarks::new(&[0, 1], 5_000, 10_000, 0);
-        assert_eq!(w.current(0), None);
+        assert_eq!(combined(&[&w], 0).watermark, None);
         w.observe(0, 100_000, 1);
         assert_eq!(
-            w.current(1),
+            combined(&[&w], 1).watermark,
             None,
             "partition 1 has delivered nothing and is not idle"
         );
         w.observe(1, 50_000, 2);
-        assert_eq!(w.current(2), Some(45_000));
+        assert_eq!(combined(&[&w], 2).watermark, Some(45_000));
         w.observe(1, 40_000, 3); // out of order: does not lower the watermark
-        assert_eq!(w.current(3), Some(45_000));
+        assert_eq!(combined(&[&w], 3).watermark, Some(45_000));
         w.observe(1, 200_000, 4);
-        assert_eq!(w.current(4), Some(95_000));
+        assert_eq!(
+            combined(&[&w], 4),
+            Combined {
+                watermark: Some(95_000),
+                relies_on: vec![]
+            }
+        );
     }
 
     #[test]
-    fn idle_partitions_stop_holding_the_watermark() {
+    fn idle_partitions_stop_holding_the_watermark_and_are_named() {
         let mut w = Watermarks::new(&[0, 1], 5_000, 10_000, 0);
         w.observe(0, 100_000, 0);
         w.observe(1, 20_000, 0);
         w.end_of_partition(1);
-        assert_eq!(w.current(9_999), Some(15_000));
-        // Partition 0 is still active (not at end): only partition 1 goes idle.
-        assert_eq!(w.current(10_000), Some(95_000));
+        assert_eq!(combined(&[&w], 9_999).watermark, Some(15_000));
+        // Partition 0 is still active (not at end): only partition 1 goes idle, and the answer
+        // relies on it having nothing unread.
+        assert_eq!(
+            combined(&[&w], 10_000),
+            Combined {
+                watermark: Some(95_000),
+                relies_on: vec![1]
+            }
+        );
         // Not at end: a partition that is merely slow never counts as idle.
         let mut slow = Watermarks::new(&[0, 1], 5_000, 10_000, 0);
         slow.observe(0, 100_000, 0);
         slow.observe(1, 20_000, 0);
-        assert_eq!(slow.current(1_000_000), Some(15_000));
+        assert_eq!(combined(&[&slow], 1_000_000).watermark, Some(15_000));
     }
 
     #[test]
@@ -162,22 +230,58 @@ mod tests {
         a.observe(0, 100_000, 0);
         b.observe(1, 500_000, 15_000);
         a.end_of_partition(0);
-        // Worker a is all idle; worker b is active: b's partition decides.
         assert_eq!(
-            combine(&[a.summary(15_000), b.summary(15_000)]),
-            Some(495_000)
+            combined(&[&a, &b], 15_000),
+            Combined {
+                watermark: Some(495_000),
+                relies_on: vec![0]
+            }
         );
-        // Both active: the minimum.
         a.observe(0, 200_000, 16_000);
-        assert_eq!(
-            combine(&[a.summary(16_000), b.summary(16_000)]),
-            Some(195_000)
-        );
+        assert_eq!(combined(&[&a, &b], 16_000).watermark, Some(195_000));
         // A worker with no partitions is neutral.
         let none = Watermarks::new(&[], 5_000, 10_000, 0);
+        assert_eq!(combined(&[&none, &b], 16_000).watermark, Some(495_000));
+    }
+
+    #[test]
+    fn passing_idle_partitions_needs_the_brokers_word() {
+        let mark = |watermark, idle| Mark { watermark, idle };
+        let marks: BTreeMap<i32, (Mark, Option<i64>)> = [
+            (0, (mark(Some(95_000), false), Some(10))),
+            (1, (mark(Some(15_000), true), Some(7))),
+            (2, (mark(None, true), None)),
+        ]
+        .into();
+        let c = combine(&marks.iter().map(|(&p, &(m, _))| (p, m)).collect());
         assert_eq!(
-            combine(&[none.summary(16_000), b.summary(16_000)]),
-            Some(495_000)
+            c,
+            Combined {
+                watermark: Some(95_000),
+                relies_on: vec![1, 2]
+            }
+        );
+        // Both idle partitions really are caught up: advance, after asking about each.
+        let mut asked = Vec::new();
+        let r = past_idle(&c, &marks, 0, true, |p, pos| {
+            asked.push((p, pos));
+            false
+        });
+        assert_eq!(r, (Some(95_000), true));
+        assert_eq!(asked, vec![(1, Some(7)), (2, None)]);
+        // Partition 1 has data waiting at the broker: cap at its own watermark.
+        assert_eq!(
+            past_idle(&c, &marks, 0, true, |p, _| p == 1),
+            (Some(15_000), true)
+        );
+        // Partition 2 (no event yet) has data waiting: no advance at all.
+        assert_eq!(past_idle(&c, &marks, 0, true, |p, _| p == 2), (None, true));
+        // A check is due but not allowed yet: wait, do not trust an old answer.
+        assert_eq!(past_idle(&c, &marks, 0, false, |_, _| false), (None, false));
+        // Nothing to pass (already there): no question asked.
+        assert_eq!(
+            past_idle(&c, &marks, 95_000, false, |_, _| true),
+            (Some(95_000), false)
         );
     }
 
@@ -187,9 +291,15 @@ mod tests {
         w.observe(0, 100_000, 0);
         w.end_of_partition(0);
         w.end_of_partition(1);
-        assert_eq!(w.current(10_000), Some(95_000));
-        // New data reactivates a partition.
+        // Partition 1 never delivered anything: the largest watermark relies on it being empty.
+        assert_eq!(
+            combined(&[&w], 10_000),
+            Combined {
+                watermark: Some(95_000),
+                relies_on: vec![1]
+            }
+        );
         w.observe(1, 30_000, 20_000);
-        assert_eq!(w.current(20_000), Some(25_000));
+        assert_eq!(combined(&[&w], 20_000).watermark, Some(25_000));
     }
 }
