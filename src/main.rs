@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tally_api::AppState;
+use tally_pipeline::{ExitClass, Health};
 
 use crate::config::TallyConfig;
 
@@ -59,9 +60,25 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let class = if e.downcast_ref::<InvalidConfig>().is_some() {
+                Some(ExitClass::Config)
+            } else {
+                ExitClass::of_chain(e.chain())
+            };
+            tracing::error!(exit_code = class.map_or(1, ExitClass::code), "{e:#}");
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(class.map_or(1, ExitClass::code))
         }
+    }
+}
+
+/// Marks errors of `tally.toml` and `TALLY_*` variables (exit 78, like every config error).
+#[derive(Debug)]
+struct InvalidConfig;
+
+impl std::fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("invalid configuration")
     }
 }
 
@@ -73,7 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             _ => "status",
         });
     }
-    let config = config::load(cli.config.as_deref(), std::env::vars())?;
+    let config = config::load(cli.config.as_deref(), std::env::vars()).context(InvalidConfig)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -81,7 +98,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => runtime.block_on(migrate(&config)),
         Command::Run => {
             let shutdown = shutdown_on_signal(&runtime);
-            run_pipeline(&config, runtime.handle().clone(), shutdown)
+            run_pipeline(
+                &config,
+                runtime.handle().clone(),
+                shutdown,
+                Health::default(),
+            )
         }
         Command::Serve => runtime.block_on(async {
             let state = app_state(&config).await?;
@@ -163,23 +185,42 @@ fn run_pipeline(
     config: &TallyConfig,
     runtime: tokio::runtime::Handle,
     shutdown: Arc<AtomicBool>,
+    health: Health,
 ) -> anyhow::Result<()> {
-    tally_pipeline::run(settings(config), runtime, shutdown).context("pipeline")
+    tally_pipeline::run_with_health(settings(config), runtime, shutdown, health).context("pipeline")
 }
 
+/// The pipeline and the API in one process, with one fate: when either stops (a fatal error,
+/// or the API failing to bind), the other stops too and the process exits with the first
+/// error's code. While the pipeline is not running, `/readyz` answers 503.
 fn run_all(config: &TallyConfig, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal(runtime);
-    let state = runtime.block_on(app_state(config))?;
+    let health = Health::default();
+    let mut state = runtime.block_on(app_state(config))?;
+    state.pipeline = Some(health.clone());
     let api_stop = Arc::clone(&shutdown);
-    let api = runtime.spawn(serve_owned(config.clone(), state, async move {
-        while !api_stop.load(Ordering::SeqCst) {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }));
-    let result = run_pipeline(config, runtime.handle().clone(), Arc::clone(&shutdown));
+    let api_config = config.clone();
+    let api_failed = Arc::clone(&shutdown);
+    let api = runtime.spawn(async move {
+        let stop = async move {
+            while !api_stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        };
+        let result = serve(&api_config, state, stop).await;
+        // An API that cannot serve stops the pipeline too: one process, one fate.
+        api_failed.store(true, Ordering::SeqCst);
+        result
+    });
+    let result = run_pipeline(
+        config,
+        runtime.handle().clone(),
+        Arc::clone(&shutdown),
+        health,
+    );
     shutdown.store(true, Ordering::SeqCst);
-    runtime.block_on(api).context("api task")??;
-    result
+    let served = runtime.block_on(api).context("api task")?;
+    result.and(served)
 }
 
 async fn app_state(config: &TallyConfig) -> anyhow::Result<AppState> {
@@ -195,6 +236,7 @@ async fn app_state(config: &TallyConfig) -> anyhow::Result<AppState> {
         pipeline_name: config.pipeline.name.clone(),
         grace_ms: config.pipeline.grace_ms,
         retention_days: config.clickhouse.retention_days,
+        pipeline: None,
     })
 }
 
@@ -216,26 +258,27 @@ async fn serve(
     Ok(())
 }
 
-async fn serve_owned(
-    config: TallyConfig,
-    state: AppState,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    serve(&config, state, stop).await
-}
-
-/// A flag set by Ctrl-C or SIGTERM.
+/// A flag set by Ctrl-C or SIGTERM. A second signal exits at once (code 130), without the
+/// drain: nothing is lost, since progress only covers what ClickHouse acknowledged.
 fn shutdown_on_signal(runtime: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let set = Arc::clone(&flag);
     runtime.spawn(async move {
-        if let Ok(name) = wait_for_signal().await {
-            tracing::info!(
+        match wait_for_signal().await {
+            Ok(name) => tracing::info!(
                 signal = name,
-                "shutting down: draining to ClickHouse and saving progress"
-            );
+                "shutting down: draining to ClickHouse and saving progress (send it again to exit at once)"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for signals");
+                return;
+            }
         }
         set.store(true, Ordering::SeqCst);
+        if let Ok(name) = wait_for_signal().await {
+            tracing::warn!(signal = name, "second signal: exiting without draining");
+            std::process::exit(130);
+        }
     });
     flag
 }

@@ -1,26 +1,89 @@
-//! `POST /events`: validate, write to Kafka, answer once Kafka acknowledged.
+//! `POST /events`: decode and validate the body, write to Kafka, answer once Kafka acknowledged.
+//!
+//! [`parse_body`] does everything but the write and no I/O, so tests (and the fuzz tests in
+//! `api/tests/fuzz.rs`) drive it with arbitrary bytes.
 
 use std::io::Read;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::future::join_all;
 use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 use serde_json::Value;
-use tally_pipeline::event::{Clock, Event};
+use tally_pipeline::event::{Clock, Event, Invalid};
+use tally_pipeline::kafka::{KafkaConfig, ProduceFailure};
 use tally_pipeline::metrics::Metrics;
 
-use crate::{ApiError, AppState};
+use crate::{ApiConfig, ApiError, AppState};
 
-#[derive(Serialize)]
-struct Rejected {
-    index: usize,
-    reason: String,
+/// An event that was not written, with its 0-based index in the request.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rejected {
+    /// Position in the request.
+    pub index: usize,
+    /// Why, for people.
+    pub reason: String,
+    /// A short, stable label for metrics.
+    #[serde(skip)]
+    pub label: &'static str,
+}
+
+impl Rejected {
+    fn new(index: usize, invalid: &Invalid) -> Rejected {
+        Rejected {
+            index,
+            reason: invalid.to_string(),
+            label: invalid.label(),
+        }
+    }
+}
+
+/// A valid event ready to write.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// Position in the request.
+    pub index: usize,
+    /// Kafka key (`user_id`).
+    pub key: String,
+    /// Canonical JSON ([`Event::to_json`]), within `kafka.max_message_bytes`.
+    pub payload: Vec<u8>,
+}
+
+/// A decoded `POST /events` body.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// What to write, in request order.
+    pub records: Vec<Record>,
+    /// What was refused, in request order.
+    pub rejected: Vec<Rejected>,
+}
+
+/// The limits a body is checked against.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimits {
+    /// `api.max_decompressed_bytes`.
+    pub max_decompressed_bytes: usize,
+    /// `api.max_batch_events`.
+    pub max_batch_events: usize,
+    /// `kafka.max_message_bytes`.
+    pub max_message_bytes: usize,
+}
+
+impl BodyLimits {
+    /// The limits of these settings.
+    pub fn new(api: &ApiConfig, kafka: &KafkaConfig) -> BodyLimits {
+        BodyLimits {
+            max_decompressed_bytes: api.max_decompressed_bytes,
+            max_batch_events: api.max_batch_events,
+            max_message_bytes: kafka.max_message_bytes,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -34,9 +97,52 @@ struct IngestResponse {
 pub async fn post_events(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = decode(&headers, body, state.config.max_decompressed_bytes)?;
+    let body = body.map_err(|r| body_rejection(&r, state.config.max_body_bytes))?;
+    let limits = BodyLimits::new(&state.config, &state.kafka);
+    let clock = Clock::wall(state.retention_days);
+    let mut batch = parse_body(&headers, body, limits, clock, || {
+        uuid::Uuid::new_v4().to_string()
+    })?;
+    let (accepted, refused) = produce(&state, &batch.records).await?;
+    batch.rejected.extend(refused);
+    batch.rejected.sort_by_key(|r| r.index);
+    let metrics = Metrics::get();
+    for r in &batch.rejected {
+        metrics.ingest_rejected.with_label_values(&[r.label]).inc();
+    }
+    metrics.ingest_accepted.inc_by(accepted as u64);
+    let status = if batch.rejected.is_empty() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let rejected = batch.rejected;
+    Ok((status, Json(IngestResponse { accepted, rejected })).into_response())
+}
+
+fn body_rejection(rejection: &BytesRejection, max_body_bytes: usize) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge(format!(
+            "request body exceeds {max_body_bytes} bytes (api.max_body_bytes)"
+        ))
+    } else {
+        ApiError::BadRequest(format!("reading the body: {}", rejection.body_text()))
+    }
+}
+
+/// Checks `Content-Type` and `Content-Encoding`, decodes, and validates every event, including
+/// the size of its Kafka record. No I/O: an `Err` means nothing is written.
+pub fn parse_body(
+    headers: &HeaderMap,
+    body: Bytes,
+    limits: BodyLimits,
+    clock: Clock,
+    mut new_id: impl FnMut() -> String,
+) -> Result<Batch, ApiError> {
+    check_content_type(headers)?;
+    let body = decode(headers, body, limits.max_decompressed_bytes)?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
     let items = match value {
@@ -48,82 +154,117 @@ pub async fn post_events(
             "empty batch: send one event or an array of events".into(),
         ));
     }
-    if items.len() > state.config.max_batch_events {
+    if items.len() > limits.max_batch_events {
         return Err(ApiError::TooLarge(format!(
             "{} events in one request; the limit is {}",
             items.len(),
-            state.config.max_batch_events
+            limits.max_batch_events
         )));
     }
-    let clock = Clock::wall(state.retention_days);
-    let metrics = Metrics::get();
-    let mut valid = Vec::with_capacity(items.len());
-    let mut rejected = Vec::new();
+    let mut batch = Batch::default();
     for (index, item) in items.iter().enumerate() {
-        match Event::from_value(item, clock, || uuid::Uuid::new_v4().to_string()) {
-            Ok(event) => valid.push(event),
-            Err(reason) => {
-                metrics
-                    .ingest_rejected
-                    .with_label_values(&[reason.label()])
-                    .inc();
-                rejected.push(Rejected {
-                    index,
-                    reason: reason.to_string(),
-                });
-            }
+        let checked = Event::from_value(item, clock, &mut new_id).and_then(|e| {
+            let payload = e.to_json_within(limits.max_message_bytes)?;
+            Ok(Record {
+                index,
+                key: e.user_id,
+                payload,
+            })
+        });
+        match checked {
+            Ok(record) => batch.records.push(record),
+            Err(invalid) => batch.rejected.push(Rejected::new(index, &invalid)),
         }
     }
-    let accepted = produce(&state, &valid).await?;
-    metrics.ingest_accepted.inc_by(accepted as u64);
-    let status = if rejected.is_empty() {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    Ok((status, Json(IngestResponse { accepted, rejected })).into_response())
+    Ok(batch)
 }
 
-/// Writes every event and waits for each acknowledgement. Any failure is a 503 that says how
-/// many of the batch Kafka did acknowledge (events carry ids, so a retry of the whole batch is
-/// counted once).
-async fn produce(state: &AppState, events: &[Event]) -> Result<usize, ApiError> {
-    let payloads: Vec<(Vec<u8>, &str)> = events
-        .iter()
-        .map(|e| (e.to_json(), e.user_id.as_str()))
-        .collect();
+/// `Content-Type` may be absent, `application/json`, `application/*+json` or `text/plain`
+/// (what `navigator.sendBeacon` sends for a string); anything else is a 415.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(raw) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime = raw
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = mime == "application/json"
+        || mime == "text/plain"
+        || (mime.starts_with("application/") && mime.ends_with("+json"));
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(
+            "Content-Type must be application/json".into(),
+        ))
+    }
+}
+
+/// Writes every record and waits for each acknowledgement. Records Kafka refuses as too large
+/// come back as rejections (a retry cannot succeed); unavailability is a 503 that says how many
+/// of the batch Kafka did acknowledge (events carry ids, so a retry of the whole batch is
+/// counted once); any other failure is a 500. Kafka's own error text is logged, not returned.
+async fn produce(state: &AppState, records: &[Record]) -> Result<(usize, Vec<Rejected>), ApiError> {
     let timeout = Duration::from_millis(state.kafka.produce_timeout_ms);
-    let sends = payloads.iter().map(|(payload, key)| {
+    let sends = records.iter().map(|r| {
         let record = FutureRecord::to(&state.kafka.topic)
-            .payload(payload)
-            .key(*key);
+            .payload(&r.payload)
+            .key(&r.key);
         state.producer.send(record, timeout)
     });
     let results = join_all(sends).await;
-    let acked = results.iter().filter(|r| r.is_ok()).count();
-    if let Some(Err((e, _))) = results.into_iter().find(|r| r.is_err()) {
-        tracing::warn!(error = %e, acked, "kafka did not acknowledge events");
+    let (mut acked, mut too_large, mut unavailable, mut refused) = (0, Vec::new(), None, None);
+    for (record, result) in records.iter().zip(results) {
+        let Err((error, _)) = result else {
+            acked += 1;
+            continue;
+        };
+        match ProduceFailure::of(&error) {
+            ProduceFailure::TooLarge => {
+                tracing::warn!(%error, bytes = record.payload.len(), "kafka refused an event as too large");
+                too_large.push(Rejected {
+                    index: record.index,
+                    reason: "the event is larger than the Kafka topic accepts (max.message.bytes)"
+                        .into(),
+                    label: "too_large",
+                });
+            }
+            ProduceFailure::Unavailable => unavailable = unavailable.or(Some(error)),
+            ProduceFailure::Refused => refused = refused.or(Some(error)),
+        }
+    }
+    let total = records.len();
+    if let Some(error) = unavailable {
+        tracing::warn!(%error, acked, total, "kafka did not acknowledge events");
         return Err(ApiError::Unavailable(format!(
-            "kafka did not acknowledge the events ({e}); {acked} of {} were written; retry the request",
-            events.len()
+            "kafka unavailable; {acked} of {total} events were written; retry the request"
         )));
     }
-    Ok(acked)
+    if let Some(error) = refused {
+        return Err(ApiError::Internal(format!(
+            "kafka refused events ({error}); {acked} of {total} were written"
+        )));
+    }
+    Ok((acked, too_large))
 }
 
-/// Undoes `Content-Encoding: gzip`, refusing output beyond `limit` bytes.
+/// Undoes `Content-Encoding: gzip` (all members), refusing output beyond `limit` bytes.
 fn decode(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, ApiError> {
-    let encoding = headers
-        .get(axum::http::header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("identity")
-        .trim()
-        .to_ascii_lowercase();
+    let Some(raw) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(body);
+    };
+    let encoding = raw.to_str().unwrap_or("?").trim().to_ascii_lowercase();
     match encoding.as_str() {
         "identity" | "" => Ok(body),
-        "gzip" => {
+        "gzip" | "x-gzip" => {
+            // Every member, as `cat a.gz b.gz` makes; the cap counts the total output.
             let mut out = Vec::new();
-            let mut reader = flate2::read::GzDecoder::new(&body[..]).take(limit as u64 + 1);
+            let mut reader = flate2::read::MultiGzDecoder::new(&body[..]).take(limit as u64 + 1);
             reader
                 .read_to_end(&mut out)
                 .map_err(|e| ApiError::BadRequest(format!("body is not valid gzip: {e}")))?;
@@ -134,9 +275,9 @@ fn decode(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, ApiEr
             }
             Ok(Bytes::from(out))
         }
-        other => Err(ApiError::BadRequest(format!(
-            "unsupported Content-Encoding `{other}` (use gzip or none)"
-        ))),
+        _ => Err(ApiError::UnsupportedMediaType(
+            "unsupported Content-Encoding (use gzip or none)".into(),
+        )),
     }
 }
 
@@ -169,7 +310,7 @@ mod tests {
         headers.insert("content-encoding", "br".parse().expect("header"));
         assert!(matches!(
             decode(&headers, Bytes::new(), 100),
-            Err(ApiError::BadRequest(_))
+            Err(ApiError::UnsupportedMediaType(_))
         ));
     }
 }

@@ -5,14 +5,14 @@
 
 mod config;
 mod error;
-mod ingest;
+pub mod ingest;
 pub mod queries;
 pub mod reports;
 mod state;
 
 use std::future::Future;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,10 +32,17 @@ pub fn router(state: AppState) -> Router {
         .route("/reports/", get(reports::get_report))
         .route("/reports/summary", get(reports::get_summary))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(error::json_errors))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
+}
+
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route {method} {}", uri.path()))
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then finishes in-flight requests.
@@ -49,8 +56,37 @@ pub async fn serve(
         .await
 }
 
-async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok" }))
+/// Liveness: 200 while the process serves, with the pipeline's state (when this process runs
+/// one): `{"status": "ok", "pipeline": {"state": "running", "since_ms": ..}}`.
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let pipeline = state
+        .pipeline
+        .as_ref()
+        .map(tally_pipeline::Health::snapshot);
+    axum::Json(serde_json::json!({ "status": "ok", "pipeline": pipeline }))
+}
+
+/// Readiness: 200 when this process can do its work, 503 (JSON, with the pipeline's state)
+/// while its pipeline is starting, draining, stopped or failed. An API without a pipeline
+/// (`tally serve`) is ready while it serves.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let Some(health) = &state.pipeline else {
+        return axum::Json(serde_json::json!({ "status": "ready" })).into_response();
+    };
+    let snapshot = health.snapshot();
+    if health.is_ready() {
+        axum::Json(serde_json::json!({ "status": "ready", "pipeline": snapshot })).into_response()
+    } else {
+        let body = serde_json::json!({
+            "error": format!("pipeline is {}", serde_json::to_value(snapshot.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
+            "pipeline": snapshot,
+        });
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(body),
+        )
+            .into_response()
+    }
 }
 
 async fn metrics() -> Response {

@@ -88,21 +88,34 @@ fn bad(reason: impl Into<String>) -> ApiError {
     ApiError::BadRequest(reason.into())
 }
 
+/// The end of what ClickHouse `DateTime` (unsigned 32-bit seconds) can store, as an exclusive
+/// bound in milliseconds: 2106-02-07T06:28:16Z.
+pub const MAX_TIME_MS: u64 = (u32::MAX as u64 + 1) * 1000;
+
+/// A `from`/`to` parameter: RFC 3339 only (a bare number is refused, since epoch seconds and
+/// milliseconds cannot be told apart), within `[1970-01-01T00:00:00Z, 2106-02-07T06:28:16Z]`.
+/// Times outside the storable range are refused, never wrapped or silently clamped.
 fn time_param(params: &HashMap<String, String>, name: &str) -> Result<DateTime<Utc>, ApiError> {
     let raw = params.get(name).ok_or_else(|| {
         bad(format!(
             "`{name}` is required (RFC 3339, e.g. 2024-03-13T10:00:00Z)"
         ))
     })?;
+    let shown: String = raw.chars().take(64).collect();
     let t = DateTime::parse_from_rfc3339(raw)
         .map_err(|_| {
             bad(format!(
-                "`{name}` must be an RFC 3339 time such as 2024-03-13T10:00:00Z, got `{raw}`"
+                "`{name}` must be an RFC 3339 time such as 2024-03-13T10:00:00Z (not epoch \
+                 seconds or milliseconds), got `{shown}`"
             ))
         })?
         .with_timezone(&Utc);
-    if t.timestamp_millis() < 0 {
-        return Err(bad(format!("`{name}` must not be before 1970")));
+    let in_range = u64::try_from(t.timestamp_millis()).is_ok_and(|ms| ms <= MAX_TIME_MS);
+    if !in_range {
+        return Err(bad(format!(
+            "`{name}` must be between 1970-01-01T00:00:00Z and 2106-02-07T06:28:16Z (what \
+             ClickHouse DateTime stores), got `{shown}`"
+        )));
     }
     Ok(t)
 }
@@ -248,6 +261,7 @@ pub async fn get_report(
 
 /// The end of the last window of this kind before which every window is final and stored:
 /// a window is final once the acknowledged frontier passed its end plus the grace period.
+/// Never past the wall clock: a window that has not ended cannot be complete.
 async fn complete_until(state: &AppState, window: Window) -> Option<u64> {
     let frontier: Option<i64> =
         sqlx::query_scalar("SELECT acked_frontier_ms FROM pipeline_frontiers WHERE pipeline = $1")
@@ -257,13 +271,25 @@ async fn complete_until(state: &AppState, window: Window) -> Option<u64> {
             .map_err(|e| tracing::warn!(error = %e, "reading the pipeline frontier failed"))
             .ok()
             .flatten();
-    complete_until_from(u64::try_from(frontier?).ok()?, state.grace_ms, window)
+    let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+    complete_until_from(
+        u64::try_from(frontier?).ok()?,
+        state.grace_ms,
+        window,
+        now_ms,
+    )
 }
 
-/// See [`complete_until`]: the largest window end `e` with `e + grace < frontier`.
-pub fn complete_until_from(frontier_ms: u64, grace_ms: u64, window: Window) -> Option<u64> {
+/// See [`complete_until`]: the largest window end `e` with `e + grace < frontier` and
+/// `e <= now_ms`.
+pub fn complete_until_from(
+    frontier_ms: u64,
+    grace_ms: u64,
+    window: Window,
+    now_ms: u64,
+) -> Option<u64> {
     let last_final_end = frontier_ms.checked_sub(grace_ms + 1)?;
-    Some(window.start_of(last_final_end))
+    Some(window.start_of(last_final_end.min(now_ms)))
 }
 
 /// The `/reports/summary` answer.
@@ -401,14 +427,43 @@ mod tests {
     fn complete_until_needs_grace_past_the_end() {
         let t0 = 1_710_324_000_000; // 10:00:00
                                     // The 10:00 minute closes at 10:01:00 + 5 s; it is final once the frontier passes that.
+        let later = t0 + 3_600_000;
         assert_eq!(
-            complete_until_from(t0 + 65_000, 5_000, Window::Minute),
+            complete_until_from(t0 + 65_000, 5_000, Window::Minute, later),
             Some(t0)
         );
         assert_eq!(
-            complete_until_from(t0 + 65_001, 5_000, Window::Minute),
+            complete_until_from(t0 + 65_001, 5_000, Window::Minute, later),
             Some(t0 + 60_000)
         );
-        assert_eq!(complete_until_from(3_000, 5_000, Window::Minute), None);
+        assert_eq!(
+            complete_until_from(3_000, 5_000, Window::Minute, later),
+            None
+        );
+    }
+
+    #[test]
+    fn complete_until_never_passes_the_wall_clock() {
+        // At 10:00:30 the frontier is 2 minutes ahead (a fast clock, or a frontier saved by a
+        // pipeline without the clock-skew cap): nothing after 10:00 may be called complete.
+        let t0 = 1_710_324_000_000; // 10:00:00
+        let frontier = t0 + 120_000 + 5_001;
+        assert_eq!(
+            complete_until_from(frontier, 5_000, Window::Minute, t0 + 30_000),
+            Some(t0)
+        );
+        assert_eq!(
+            complete_until_from(frontier, 5_000, Window::Minute, t0 + 60_000),
+            Some(t0 + 60_000)
+        );
+        assert_eq!(
+            complete_until_from(frontier, 5_000, Window::Hour, t0 + 30_000),
+            Some(t0)
+        );
+        // Behind the wall clock, the frontier decides.
+        assert_eq!(
+            complete_until_from(frontier, 5_000, Window::Minute, t0 + 600_000),
+            Some(t0 + 120_000)
+        );
     }
 }

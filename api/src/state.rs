@@ -26,4 +26,8 @@ pub struct AppState {
     pub grace_ms: u64,
     /// Retention, days (events older are rejected).
     pub retention_days: u32,
+    /// The state of the pipeline running in this process (`tally all`); `None` when the API
+    /// runs alone (`tally serve`). `/healthz` shows it, `/readyz` answers 503 unless it is
+    /// `running`.
+    pub pipeline: Option<tally_pipeline::Health>,
 }

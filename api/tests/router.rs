@@ -1,76 +1,11 @@
 //! The router without a socket and without services: every dependency points at a closed port,
 //! so these check validation, limits and how unavailability is reported.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use serde_json::Value;
-use tally_api::{router, ApiConfig, AppState};
-use tally_pipeline::kafka::KafkaConfig;
-use tower::ServiceExt;
-
-/// A port nothing listens on.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-fn state() -> AppState {
-    let kafka = KafkaConfig {
-        brokers: format!("127.0.0.1:{}", closed_port()),
-        produce_timeout_ms: 500,
-        ..KafkaConfig::default()
-    };
-    let clickhouse = tally_sinks::clickhouse::ClickHouseConfig {
-        url: format!("http://127.0.0.1:{}", closed_port()),
-        ..Default::default()
-    };
-    let pg_url = format!("postgres://tally@127.0.0.1:{}/tally", closed_port());
-    AppState {
-        config: Arc::new(ApiConfig::default()),
-        producer: tally_pipeline::kafka::producer_config(&kafka)
-            .create()
-            .expect("producer"),
-        kafka: Arc::new(kafka),
-        clickhouse: tally_sinks::clickhouse::connect(&clickhouse, true),
-        postgres: sqlx::postgres::PgPoolOptions::new()
-            .acquire_timeout(Duration::from_millis(300))
-            .connect_lazy(&pg_url)
-            .expect("lazy pool"),
-        pipeline_name: "test".into(),
-        grace_ms: 5_000,
-        retention_days: 365,
-    }
-}
-
-async fn call(request: Request<Body>) -> (StatusCode, Vec<u8>) {
-    let response = router(state()).oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let body = to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("body");
-    (status, body.to_vec())
-}
-
-async fn post(body: impl Into<Body>) -> (StatusCode, Value) {
-    let request = Request::post("/events")
-        .header("content-type", "application/json")
-        .body(body.into())
-        .expect("request");
-    let (status, body) = call(request).await;
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
-async fn get(uri: &str) -> (StatusCode, Value) {
-    let (status, body) = call(Request::get(uri).body(Body::empty()).expect("request")).await;
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use common::{call, get, now_ms, post};
 
 #[tokio::test]
 async fn kafka_unreachable_is_503_with_a_reason() {

@@ -1,39 +1,129 @@
-//! Drops repeated events (equal event ids) so that a re-sent event counts once.
+//! Drops repeated events (equal event ids) so that a re-sent event counts once, whatever time or
+//! type its copies carry: the first copy read wins.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::StreamVec;
+use timely::ExchangeData;
 
 use crate::hashing::IdSet;
 use crate::observation::{Observation, OperatorCounters};
 use crate::window::Window;
 
-/// Extension trait: event-id de-duplication with state bounded by event time.
-pub trait Dedup<'scope> {
-    /// Passes the first occurrence of each event id and drops later ones, counting them.
-    ///
-    /// Ids are remembered per `horizon` window (the longest window the rollups keep) until the
-    /// frontier passes that window's close time; an event arriving after that is late for every
-    /// window, so it is passed on unchanged for the rollup to count as late.
-    fn dedup_events(
-        self,
-        horizon: Window,
-        grace_ms: u64,
-        counters: OperatorCounters,
-    ) -> StreamVec<'scope, u64, Observation>;
+/// How long an event id is remembered after its first copy.
+///
+/// An id first seen with event time `ts` is remembered until the watermark reaches
+/// [`DedupHorizon::remembered_until`]: the end of the hour containing `ts` (of the longest
+/// window containing it, when that is shorter than an hour), plus the longest window, plus the
+/// grace period. With the defaults (1 day, 5 s) that is between 1 day 5 s and 1 day 1 hour 5 s
+/// after `ts`. Rounding to the hour keeps few buckets of ids, and makes the horizon outlast
+/// every window of any copy stamped less than an hour after the first: such a copy read after
+/// the horizon (e.g. re-read after a restart, once the first copy's offset was committed) is
+/// late for all its windows, so it cannot count in a rollup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DedupHorizon {
+    /// The longest window the rollups keep.
+    pub longest: Window,
+    /// The rollups' grace period, milliseconds.
+    pub grace_ms: u64,
 }
 
-impl<'scope> Dedup<'scope> for StreamVec<'scope, u64, Observation> {
+impl DedupHorizon {
+    /// The watermark from which copies of an id first seen with event time `ts_ms` are no longer
+    /// recognised (they count as a new event).
+    pub const fn remembered_until(self, ts_ms: u64) -> u64 {
+        let block = if self.longest.millis() < Window::Hour.millis() {
+            self.longest
+        } else {
+            Window::Hour
+        };
+        block.start_of(ts_ms) + block.millis() + self.longest.millis() + self.grace_ms
+    }
+}
+
+/// A record the dedup can judge: it has an event id and an event time.
+pub trait Identified {
+    /// The event id's hash; records with equal ids are copies of one event.
+    fn event_id(&self) -> u128;
+    /// Event time, milliseconds since the Unix epoch.
+    fn event_time_ms(&self) -> u64;
+}
+
+impl Identified for Observation {
+    fn event_id(&self) -> u128 {
+        self.event_id
+    }
+    fn event_time_ms(&self) -> u64 {
+        self.ts_ms
+    }
+}
+
+/// An observation with a payload that travels with it (e.g. the raw row to store).
+impl<R> Identified for (Observation, R) {
+    fn event_id(&self) -> u128 {
+        self.0.event_id
+    }
+    fn event_time_ms(&self) -> u64 {
+        self.0.ts_ms
+    }
+}
+
+/// Extension trait: event-id de-duplication with state bounded by event time.
+pub trait Dedup<'scope, D> {
+    /// Passes the first copy of each event id and drops the later ones, counting them in
+    /// `counters`. Copies are judged in the order they arrive, which within one Kafka partition
+    /// is offset order (records are exchanged by event id, and one channel keeps its order).
+    ///
+    /// The id is remembered while the watermark is before `horizon.remembered_until(t)`, `t`
+    /// being the first copy's event time: a copy read then is dropped whatever its own time or
+    /// type. A copy read later is passed on as a new event. The ids are kept in buckets keyed by
+    /// that time and dropped when the frontier reaches it.
+    ///
+    /// ```
+    /// use tally_operators::{hash128, Dedup, DedupHorizon, Observation, OperatorCounters, Window};
+    /// use timely::dataflow::operators::capture::Extract;
+    /// use timely::dataflow::operators::vec::Map;
+    /// use timely::dataflow::operators::{Capture, ToStream};
+    ///
+    /// let copy = |ts_ms, event_type: &str| Observation {
+    ///     event_id: hash128("e1"),
+    ///     ts_ms,
+    ///     event_type: event_type.to_owned(),
+    ///     user: hash128("u1"),
+    ///     session: None,
+    ///     replayed: false,
+    /// };
+    /// let horizon = DedupHorizon { longest: Window::Day, grace_ms: 5_000 };
+    /// let kept = timely::example(move |scope| {
+    ///     // A retry re-stamped 1.5 s later and with another type is still the same event.
+    ///     vec![copy(1_000, "click"), copy(2_500, "buy")]
+    ///         .to_stream(scope)
+    ///         .dedup_events(horizon, OperatorCounters::default())
+    ///         .map(|o| (o.ts_ms, o.event_type))
+    ///         .capture()
+    /// });
+    /// let kept: Vec<(u64, String)> = kept.extract().into_iter().flat_map(|(_, v)| v).collect();
+    /// assert_eq!(kept, vec![(1_000, "click".to_owned())]);
+    /// ```
     fn dedup_events(
         self,
-        horizon: Window,
-        grace_ms: u64,
+        horizon: DedupHorizon,
         counters: OperatorCounters,
-    ) -> StreamVec<'scope, u64, Observation> {
-        let route = Exchange::new(|o: &Observation| o.event_id as u64);
+    ) -> StreamVec<'scope, u64, D>;
+}
+
+impl<'scope, D: ExchangeData + Identified> Dedup<'scope, D> for StreamVec<'scope, u64, D> {
+    fn dedup_events(
+        self,
+        horizon: DedupHorizon,
+        counters: OperatorCounters,
+    ) -> StreamVec<'scope, u64, D> {
+        let route = Exchange::new(|d: &D| d.event_id() as u64);
         self.unary_frontier(route, "DedupEvents", move |_cap, _info| {
+            // remembered until -> ids first seen with an event time whose horizon ends then
             let mut seen: BTreeMap<u64, IdSet<u128>> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each(|cap, batch| {
@@ -41,14 +131,22 @@ impl<'scope> Dedup<'scope> for StreamVec<'scope, u64, Observation> {
                         return;
                     };
                     let mut session = output.session(&cap);
-                    for obs in batch.drain(..) {
-                        let close = horizon.close_time(obs.ts_ms, grace_ms);
-                        if close <= read_time || seen.entry(close).or_default().insert(obs.event_id)
-                        {
-                            session.give(obs);
-                        } else {
+                    for record in batch.drain(..) {
+                        let id = record.event_id();
+                        // Only horizons still running at this read time: a bucket the frontier
+                        // has passed but that is not pruned yet must not decide.
+                        let repeat = seen
+                            .range((Bound::Excluded(read_time), Bound::Unbounded))
+                            .any(|(_, ids)| ids.contains(&id));
+                        if repeat {
                             counters.add_duplicates(1);
+                            continue;
                         }
+                        let until = horizon.remembered_until(record.event_time_ms());
+                        if until > read_time {
+                            seen.entry(until).or_default().insert(id);
+                        }
+                        session.give(record);
                     }
                 });
                 while let Some(entry) = seen.first_entry() {

@@ -1,5 +1,5 @@
 //! Pure timely operators for Tally: event-time windows, per-window exact distinct counts and
-//! event-id de-duplication.
+//! event-id de-duplication (first copy seen wins, see [`Dedup`]).
 //!
 //! Nothing here does I/O, reads a clock or a config file. Time is the dataflow's `u64` timestamp,
 //! which the source sets to the event-time watermark (milliseconds since the Unix epoch). A window
@@ -13,7 +13,7 @@ pub mod reference;
 mod rollup;
 mod window;
 
-pub use dedup::Dedup;
+pub use dedup::{Dedup, DedupHorizon, Identified};
 pub use hashing::{hash128, hash64, IdSet};
 pub use observation::{Observation, OperatorCounters};
 pub use rollup::{Rollup, RollupRow, RollupSpec, WindowKey};

@@ -3,7 +3,7 @@
 //! It takes the events in the order one worker read them, each with the watermark at read time,
 //! and computes every final aggregate by brute force.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::observation::Observation;
 use crate::rollup::{RollupRow, RollupSpec, WindowKey};
@@ -18,22 +18,43 @@ pub struct Expected {
     pub late: [u64; 3],
     /// Events dropped as repeats of an earlier event id.
     pub duplicates: u64,
+    /// The copies that count (first seen per event id within its horizon), in read order.
+    pub kept: Vec<Observation>,
+}
+
+/// The read time (watermark) from which an id first seen with event time `ts_ms` is forgotten:
+/// the end of the hour of `ts_ms` (of its longest window, when that is shorter than an hour),
+/// plus the longest window, plus the grace period. Written out here with plain arithmetic, apart
+/// from the operator's own computation.
+fn forgotten_at(spec: &RollupSpec, ts_ms: u64) -> u64 {
+    let longest = spec
+        .windows
+        .iter()
+        .map(|w| w.millis())
+        .max()
+        .unwrap_or(60_000);
+    let block = longest.min(3_600_000);
+    (ts_ms / block + 1) * block + longest + spec.grace_ms
 }
 
 /// Computes the expected output for `reads`: `(watermark at read time, event)` in read order.
 pub fn expected(spec: &RollupSpec, reads: &[(u64, Observation)]) -> Expected {
-    let horizon = spec.horizon();
     let mut out = Expected::default();
-    let mut seen: HashSet<(u64, u128)> = HashSet::new();
+    // First seen wins: event id -> when the first copy's horizon ends. A later copy read before
+    // that is a repeat, whatever its time or type; one read after it is a new event.
+    let mut first_seen: HashMap<u128, u64> = HashMap::new();
     let mut kept: Vec<(u64, &Observation)> = Vec::new();
     for (read_time, obs) in reads {
-        let horizon_start = horizon.start_of(obs.ts_ms);
-        let late_everywhere = horizon_start + horizon.millis() + spec.grace_ms <= *read_time;
-        if !late_everywhere && !seen.insert((horizon_start, obs.event_id)) {
+        if first_seen
+            .get(&obs.event_id)
+            .is_some_and(|&forgotten| *read_time < forgotten)
+        {
             out.duplicates += 1;
             continue;
         }
+        first_seen.insert(obs.event_id, forgotten_at(spec, obs.ts_ms));
         kept.push((*read_time, obs));
+        out.kept.push(obs.clone());
     }
     let mut groups: BTreeMap<WindowKey, Vec<&Observation>> = BTreeMap::new();
     for (read_time, obs) in kept {

@@ -10,6 +10,7 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
+use crate::dedup::DedupHorizon;
 use crate::hashing::{hash64, IdSet};
 use crate::observation::{Observation, OperatorCounters};
 use crate::window::Window;
@@ -29,6 +30,14 @@ impl RollupSpec {
     /// The longest window, which bounds how long any state is kept.
     pub fn horizon(&self) -> Window {
         self.windows.iter().copied().max().unwrap_or(Window::Minute)
+    }
+
+    /// How long the dedup remembers an event id for these windows (see [`DedupHorizon`]).
+    pub fn dedup_horizon(&self) -> DedupHorizon {
+        DedupHorizon {
+            longest: self.horizon(),
+            grace_ms: self.grace_ms,
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::dedup::DedupHorizon;
+
 /// A tumbling window length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Window {
@@ -74,13 +76,18 @@ impl std::fmt::Display for Window {
 }
 
 /// The time after which nothing more is owed for an event at `ts_ms` read at `read_time`: the
-/// close time of the longest window it still counts in, or `read_time` when it is late for all.
-/// The source keeps a Kafka offset uncommitted until the sink's acknowledged frontier passes this.
+/// later of its read time and the end of its dedup horizon (see [`DedupHorizon`]), which is
+/// never before the close of the longest window it counts in. The source keeps a Kafka offset
+/// uncommitted until the sink's acknowledged frontier passes this, so that a replay after a
+/// restart re-reads the first copy of every event id the dedup still remembers, and the dedup,
+/// rebuilt from what is re-read, drops the same later copies.
 pub fn settled_after(windows: &[Window], ts_ms: u64, read_time: u64, grace_ms: u64) -> u64 {
-    windows
-        .iter()
-        .map(|w| w.close_time(ts_ms, grace_ms))
-        .filter(|&close| close > read_time)
+    let longest = windows.iter().copied().max().unwrap_or(Window::Minute);
+    let horizon = DedupHorizon { longest, grace_ms };
+    let closes = windows.iter().map(|w| w.close_time(ts_ms, grace_ms));
+    closes
+        .chain([horizon.remembered_until(ts_ms)])
+        .filter(|&t| t > read_time)
         .max()
         .unwrap_or(read_time)
 }
@@ -102,16 +109,28 @@ mod tests {
     }
 
     #[test]
-    fn settled_after_picks_longest_open_window() {
+    fn settled_after_covers_the_dedup_horizon() {
+        // 2024-03-13T10:17:42.123Z: its hour ends at 11:00, so its id is remembered until
+        // 2024-03-14T11:00:00 plus the grace (past its day window's close, 2024-03-14T00:00).
         let ts = 1_710_325_062_123;
         let all = Window::ALL;
-        assert_eq!(settled_after(&all, ts, 0, 0), Window::Day.close_time(ts, 0));
+        let horizon = 1_710_324_000_000 + 3_600_000 + 86_400_000;
+        assert_eq!(settled_after(&all, ts, 0, 0), horizon);
+        assert_eq!(settled_after(&all, ts, 0, 5_000), horizon + 5_000);
+        assert!(horizon > Window::Day.close_time(ts, 0));
+        // Read after its day closed but within the horizon: still owed until the horizon.
         let after_day = Window::Day.close_time(ts, 0);
-        assert_eq!(settled_after(&all, ts, after_day, 0), after_day);
-        let after_hour = Window::Hour.close_time(ts, 0);
+        assert_eq!(settled_after(&all, ts, after_day, 0), horizon);
+        // Read after the horizon: owed until its read time only.
+        assert_eq!(settled_after(&all, ts, horizon + 7, 0), horizon + 7);
+        // Shorter windows: the hour ends at 11:00, plus one hour.
+        let hour_horizon = 1_710_324_000_000 + 2 * 3_600_000;
+        let short = [Window::Minute, Window::Hour];
+        assert_eq!(settled_after(&short, ts, 0, 0), hour_horizon);
+        // Minute windows only: the minute ends at 10:18:00, plus one minute.
         assert_eq!(
-            settled_after(&[Window::Minute, Window::Hour], ts, after_hour + 1, 0),
-            after_hour + 1
+            settled_after(&[Window::Minute], ts, 0, 0),
+            1_710_325_020_000 + 2 * 60_000
         );
     }
 

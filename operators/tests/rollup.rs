@@ -1,122 +1,14 @@
 //! Deterministic tests of the window operators: scripted reads with explicit watermarks, outputs
 //! checked against hand-computed values and against the naive reference model.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::rc::Rc;
+mod common;
 
+use std::collections::BTreeMap;
+
+use common::{finals, key, obs, run, spec, HOUR, MIN, T0};
 use proptest::prelude::*;
 use tally_operators::reference::{expected, late};
-use tally_operators::{
-    Dedup, Observation, OperatorCounters, Rollup, RollupRow, RollupSpec, Window, WindowKey,
-};
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::Probe;
-use timely::dataflow::{InputHandle, ProbeHandle};
-
-/// Rows emitted, with the dataflow time they were emitted at.
-type Emitted = Vec<(u64, RollupRow)>;
-
-/// Runs dedup + rollup over `reads` (watermark at read time, event) on one worker, sending a tick
-/// after every `tick_every` reads, and returns the emitted rows and the counters.
-fn run(
-    spec: &RollupSpec,
-    reads: &[(u64, Observation)],
-    tick_every: usize,
-) -> (Emitted, OperatorCounters) {
-    let spec = spec.clone();
-    let reads = reads.to_vec();
-    timely::execute_directly(move |worker| {
-        let counters = OperatorCounters::default();
-        let emitted = Rc::new(RefCell::new(Vec::new()));
-        let mut input = InputHandle::new();
-        let mut ticks = InputHandle::new();
-        let probe = ProbeHandle::new();
-        let sink = Rc::clone(&emitted);
-        let c = counters.clone();
-        worker.dataflow::<u64, _, _>(|scope| {
-            let ticks = ticks.to_stream(scope);
-            input
-                .to_stream(scope)
-                .dedup_events(spec.horizon(), spec.grace_ms, c.clone())
-                .rollup(ticks, &spec, c)
-                .probe_with(&probe)
-                .sink(Pipeline, "Capture", move |(input, _frontier)| {
-                    input.for_each(|cap, rows: &mut Vec<RollupRow>| {
-                        let time = cap.least().copied().unwrap_or_default();
-                        sink.borrow_mut().extend(rows.drain(..).map(|r| (time, r)));
-                    });
-                });
-        });
-        for (i, (read_time, obs)) in reads.into_iter().enumerate() {
-            if read_time > *input.time() {
-                input.advance_to(read_time);
-                ticks.advance_to(read_time);
-            }
-            input.send(obs);
-            if tick_every > 0 && (i + 1) % tick_every == 0 {
-                // Let the data reach the rollup before the tick does.
-                input.flush();
-                for _ in 0..8 {
-                    worker.step();
-                }
-                ticks.send(());
-                ticks.flush();
-                for _ in 0..8 {
-                    worker.step();
-                }
-            }
-        }
-        drop(input);
-        drop(ticks);
-        while !probe.done() {
-            worker.step();
-        }
-        let rows = emitted.borrow().clone();
-        (rows, counters)
-    })
-}
-
-fn spec(grace_ms: u64) -> RollupSpec {
-    RollupSpec {
-        windows: Window::ALL.to_vec(),
-        grace_ms,
-        per_event_type: true,
-    }
-}
-
-fn obs(id: &str, ts_ms: u64, event_type: &str, user: &str, session: Option<&str>) -> Observation {
-    Observation {
-        event_id: tally_operators::hash128(id),
-        ts_ms,
-        event_type: event_type.to_owned(),
-        user: tally_operators::hash128(user),
-        session: session.map(tally_operators::hash128),
-        replayed: false,
-    }
-}
-
-fn finals(emitted: &Emitted) -> BTreeMap<WindowKey, RollupRow> {
-    let mut out = BTreeMap::new();
-    for (_, row) in emitted.iter().filter(|(_, r)| r.is_final) {
-        let previous = out.insert(row.key.clone(), row.clone());
-        assert!(previous.is_none(), "two final rows for {:?}", row.key);
-    }
-    out
-}
-
-fn key(window: Window, start_ms: u64, event_type: Option<&str>) -> WindowKey {
-    WindowKey {
-        window,
-        start_ms,
-        event_type: event_type.map(str::to_owned),
-    }
-}
-
-// 2024-03-13T10:00:00Z
-const T0: u64 = 1_710_324_000_000;
-const MIN: u64 = 60_000;
+use tally_operators::{Observation, RollupSpec, Window, WindowKey};
 
 #[test]
 fn hand_computed_windows() {
@@ -127,7 +19,9 @@ fn hand_computed_windows() {
         (0, obs("e4", T0 + MIN, "click", "u3", Some("s2"))),
         (0, obs("e1", T0 + 1_000, "click", "u1", Some("s1"))), // a re-sent e1
     ];
-    let (emitted, counters) = run(&spec(5_000), &reads, 0);
+    let common::Output {
+        emitted, counters, ..
+    } = run(&spec(5_000), &reads, 0);
     let finals = finals(&emitted);
     let row = |k: &WindowKey| {
         let r = &finals[k];
@@ -168,7 +62,9 @@ fn late_events_count_in_longer_windows_only() {
             obs("c", T0 + MIN + 5, "click", "u3", None),
         ),
     ];
-    let (emitted, counters) = run(&spec(grace), &reads, 0);
+    let common::Output {
+        emitted, counters, ..
+    } = run(&spec(grace), &reads, 0);
     let finals = finals(&emitted);
     assert_eq!(finals[&key(Window::Minute, T0, None)].events, 1);
     assert_eq!(finals[&key(Window::Hour, T0, None)].events, 3);
@@ -186,7 +82,9 @@ fn replayed_late_events_are_dropped_but_not_counted_as_late() {
         (0, obs("a", T0 + 10, "click", "u1", None)),
         (T0 + MIN + grace, replay),
     ];
-    let (emitted, counters) = run(&spec(grace), &reads, 0);
+    let common::Output {
+        emitted, counters, ..
+    } = run(&spec(grace), &reads, 0);
     let finals = finals(&emitted);
     assert_eq!(finals[&key(Window::Minute, T0, None)].events, 1);
     assert_eq!(finals[&key(Window::Hour, T0, None)].events, 2);
@@ -205,7 +103,7 @@ fn ticks_emit_provisional_rows_of_changed_windows_only() {
         grace_ms: 0,
         per_event_type: false,
     };
-    let (emitted, _) = run(&spec, &reads, 1);
+    let emitted = run(&spec, &reads, 1).emitted;
     let first_minute: Vec<(u64, bool)> = emitted
         .iter()
         .filter(|(_, r)| r.key.start_ms == T0)
@@ -216,45 +114,113 @@ fn ticks_emit_provisional_rows_of_changed_windows_only() {
     assert_eq!(first_minute, vec![(1, false), (2, false), (2, true)]);
 }
 
-/// Generates a read sequence: events with disorder, sometimes re-sent, read in arrival order
-/// with the watermark (max event time seen - bound) as the dataflow time.
-fn reads_strategy() -> impl Strategy<Value = (u64, u64, Vec<(u64, Observation)>)> {
-    let event = (
-        (0u64..3 * 3_600_000, 0u64..20_000),
-        (0u8..12, 0u8..9, 0u8..4),
-        (any::<bool>(), prop::bool::weighted(0.2)),
+/// One generated event: an original, or a retry of an earlier one.
+#[derive(Clone, Debug)]
+struct Gen {
+    /// Offset from the base time (originals).
+    offset: u64,
+    /// How far a retry is re-stamped.
+    restamp: u64,
+    /// Arrival delay after the event time.
+    jitter: u64,
+    user: u8,
+    session: u8,
+    kind: u8,
+    /// `Some((earlier, restamp earlier instead of later, keep the type))` for a retry.
+    retry: Option<(prop::sample::Index, bool, bool)>,
+    replayed: bool,
+}
+
+fn gen_strategy() -> impl Strategy<Value = Gen> {
+    let offset = prop_oneof![
+        3 => 0u64..3 * HOUR,
+        // Near the midnight 90 minutes in, so retries often cross it.
+        1 => 90 * MIN - 3_000..90 * MIN + 3_000,
+    ];
+    // Re-stamps: none (a plain re-send), the 1.5 s, or anything up to two hours.
+    let restamp = prop_oneof![Just(0u64), Just(1_500u64), 0u64..2 * HOUR];
+    let retry = prop::option::weighted(
+        0.35,
+        (
+            any::<prop::sample::Index>(),
+            prop::bool::weighted(0.2),
+            any::<bool>(),
+        ),
     );
+    (
+        (offset, restamp, 0u64..20_000),
+        (0u8..12, 0u8..9, 0u8..4),
+        (retry, prop::bool::weighted(0.2)),
+    )
+        .prop_map(
+            |((offset, restamp, jitter), (user, session, kind), (retry, replayed))| Gen {
+                offset,
+                restamp,
+                jitter,
+                user,
+                session,
+                kind,
+                retry,
+                replayed,
+            },
+        )
+}
+
+/// Generates a window spec and a read sequence: events with disorder, some of them retries of
+/// earlier ones (same id and user, possibly re-stamped, possibly with another type, sent after
+/// the copy they retry), read in arrival order with the watermark (max event time seen - bound)
+/// as the dataflow time. Shorter window sets make the dedup horizon pass within the sequence.
+fn reads_strategy() -> impl Strategy<Value = (RollupSpec, Vec<(u64, Observation)>)> {
+    let windows = prop_oneof![
+        Just(Window::ALL.to_vec()),
+        Just(vec![Window::Minute, Window::Hour]),
+        Just(vec![Window::Minute]),
+    ];
     (
         0u64..30_000,
         0u64..10_000,
-        prop::collection::vec(event, 1..150),
+        windows,
+        prop::collection::vec(gen_strategy(), 1..150),
     )
-        .prop_map(|(bound, grace, raw)| {
+        .prop_map(|(bound, grace, windows, gens)| {
             // Start 90 minutes before a day boundary so all three window kinds split.
-            let base = T0 + 14 * 3_600_000 - 90 * MIN;
+            let base = T0 + 14 * HOUR - 90 * MIN;
             let mut arrivals: Vec<(u64, Observation)> = Vec::new();
-            for (i, ((offset, jitter), (user, session, kind), (resend, replayed))) in
-                raw.into_iter().enumerate()
-            {
-                let id = if resend && i > 0 {
-                    format!("e{}", i / 2)
-                } else {
-                    format!("e{i}")
-                };
-                let ts = base + offset;
-                let o = Observation {
-                    event_id: tally_operators::hash128(&id),
-                    ts_ms: if resend && i > 0 {
-                        base + offset / 2
-                    } else {
-                        ts
+            for (i, g) in gens.into_iter().enumerate() {
+                let event_type = ["click", "view", "buy", "search"][g.kind as usize].to_owned();
+                let o = match (g.retry, arrivals.is_empty()) {
+                    (Some((earlier, back, keep_type)), false) => {
+                        let (after, first) = arrivals[earlier.index(arrivals.len())].clone();
+                        let ts_ms = if back {
+                            first.ts_ms.saturating_sub(g.restamp)
+                        } else {
+                            first.ts_ms + g.restamp
+                        };
+                        let event_type = if keep_type {
+                            first.event_type.clone()
+                        } else {
+                            event_type
+                        };
+                        let o = Observation {
+                            ts_ms,
+                            event_type,
+                            replayed: g.replayed,
+                            ..first
+                        };
+                        // A retry is sent after the copy it repeats.
+                        arrivals.push(((ts_ms + g.jitter).max(after + 1), o));
+                        continue;
+                    }
+                    _ => Observation {
+                        event_id: tally_operators::hash128(&format!("e{i}")),
+                        ts_ms: base + g.offset,
+                        event_type,
+                        user: u128::from(g.user),
+                        session: (g.session < 8).then_some(u128::from(g.session)),
+                        replayed: g.replayed,
                     },
-                    event_type: ["click", "view", "buy", "search"][kind as usize].to_owned(),
-                    user: u128::from(user),
-                    session: (session < 8).then_some(u128::from(session)),
-                    replayed,
                 };
-                arrivals.push((ts + jitter, o));
+                arrivals.push((o.ts_ms + g.jitter, o));
             }
             arrivals.sort_by_key(|(arrival, _)| *arrival);
             let mut max_ts = 0u64;
@@ -268,23 +234,28 @@ fn reads_strategy() -> impl Strategy<Value = (u64, u64, Vec<(u64, Observation)>)
                     read
                 })
                 .collect();
-            (bound, grace, reads)
+            let spec = RollupSpec {
+                windows,
+                grace_ms: grace,
+                per_event_type: true,
+            };
+            (spec, reads)
         })
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn operators_match_reference((_bound, grace, reads) in reads_strategy(), tick_every in 0usize..7) {
-        let spec = spec(grace);
-        let (emitted, counters) = run(&spec, &reads, tick_every);
+    fn operators_match_reference((spec, reads) in reads_strategy(), tick_every in 0usize..7) {
+        let common::Output { emitted, kept, counters } = run(&spec, &reads, tick_every);
         let want = expected(&spec, &reads);
         prop_assert_eq!(&finals(&emitted), &want.finals);
         for w in Window::ALL {
             prop_assert_eq!(counters.late(w), late(&want, w));
         }
         prop_assert_eq!(counters.duplicates(), want.duplicates);
+        prop_assert_eq!(&kept, &want.kept);
         // Provisional rows never exceed the final value and never go backwards.
         let mut last: BTreeMap<WindowKey, (u64, u64, u64, u64)> = BTreeMap::new();
         for (_, row) in &emitted {

@@ -74,6 +74,14 @@ pub enum Invalid {
     /// The timestamp is older than the retention period.
     #[error("`timestamp` is older than the retention period ({0} days)")]
     TooOld(u32),
+    /// The event's Kafka record would exceed `kafka.max_message_bytes`.
+    #[error("the event is {bytes} bytes as a Kafka record; the limit is {limit} bytes (shorten `metadata`)")]
+    TooLarge {
+        /// The record's size, counted as [`crate::kafka::record_bytes`] does.
+        bytes: usize,
+        /// `kafka.max_message_bytes`.
+        limit: usize,
+    },
 }
 
 impl Invalid {
@@ -90,6 +98,7 @@ impl Invalid {
             Invalid::BadTimestamp => "bad_timestamp",
             Invalid::Future => "future_timestamp",
             Invalid::TooOld(_) => "expired_timestamp",
+            Invalid::TooLarge { .. } => "too_large",
         }
     }
 }
@@ -181,6 +190,20 @@ impl Event {
         obj.insert("timestamp".into(), Value::from(self.ts_ms));
         obj.insert("metadata".into(), Value::Object(self.metadata.clone()));
         Value::Object(obj).to_string().into_bytes()
+    }
+
+    /// [`Event::to_json`], refused when the record it makes (value plus the `user_id` key, see
+    /// [`crate::kafka::record_bytes`]) would exceed `max_message_bytes`.
+    pub fn to_json_within(&self, max_message_bytes: usize) -> Result<Vec<u8>, Invalid> {
+        let json = self.to_json();
+        let bytes = crate::kafka::record_bytes(self.user_id.len(), json.len());
+        if bytes > max_message_bytes {
+            return Err(Invalid::TooLarge {
+                bytes,
+                limit: max_message_bytes,
+            });
+        }
+        Ok(json)
     }
 
     /// What the window operators need; `replayed` marks an event read again after a restart.
@@ -355,6 +378,23 @@ mod tests {
         assert_eq!(e.session_id, None);
         let again = Event::parse(&e.to_json(), clock(), || unreachable!()).expect("valid");
         assert_eq!(again, e);
+    }
+
+    #[test]
+    fn records_over_the_size_limit_are_refused() {
+        let e = parse(
+            r#"{"event_id":"e1","event_type":"click","user_id":"u1","timestamp":1710320400000}"#,
+        )
+        .expect("valid");
+        let exact = crate::kafka::record_bytes(2, e.to_json().len());
+        assert_eq!(e.to_json_within(exact), Ok(e.to_json()));
+        assert_eq!(
+            e.to_json_within(exact - 1),
+            Err(Invalid::TooLarge {
+                bytes: exact,
+                limit: exact - 1
+            })
+        );
     }
 
     #[test]

@@ -5,18 +5,23 @@
 //! ClickHouse to acknowledge, save progress, then drop the dataflow without closing windows.
 
 mod config;
+mod dead_letter;
 mod error;
 pub mod event;
+mod health;
 pub mod kafka;
 pub mod metrics;
 mod offsets;
+mod progress;
 pub mod run;
 mod sink;
 mod source;
+mod startup;
 mod watermark;
 
-pub use config::PipelineConfig;
-pub use error::PipelineError;
+pub use config::{PipelineConfig, RetentionGapPolicy};
+pub use error::{ExitClass, PipelineError};
+pub use health::{Health, HealthSnapshot, PipelineState};
 pub use offsets::PendingOffsets;
-pub use run::{run, PipelineSettings};
+pub use run::{run, run_with_health, PipelineSettings};
 pub use watermark::{combine, past_idle, Combined, Mark, Watermarks};

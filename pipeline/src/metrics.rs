@@ -33,6 +33,13 @@ pub const INGEST_ACCEPTED: &str = "tally_ingest_events_accepted_total";
 pub const INGEST_REJECTED: &str = "tally_ingest_events_rejected_total";
 /// HTTP requests, by route and status.
 pub const HTTP_REQUESTS: &str = "tally_http_requests_total";
+/// Messages deleted by Kafka retention before the pipeline read them, skipped at startup
+/// (`pipeline.on_retention_gap = "skip"`), by partition.
+pub const RETENTION_GAP: &str = "tally_retention_gap_messages_total";
+/// Dead-letter writes not yet acknowledged by Kafka (their offsets are not committed).
+pub const DLQ_PENDING: &str = "tally_dlq_pending";
+/// Progress saves to PostgreSQL that failed (retried at the next interval).
+pub const PROGRESS_SAVE_FAILURES: &str = "tally_progress_save_failures_total";
 
 /// Every metric Tally exports.
 pub struct Metrics {
@@ -62,6 +69,12 @@ pub struct Metrics {
     pub ingest_rejected: IntCounterVec,
     /// See [`HTTP_REQUESTS`].
     pub http_requests: IntCounterVec,
+    /// See [`RETENTION_GAP`].
+    pub retention_gap: IntCounterVec,
+    /// See [`DLQ_PENDING`].
+    pub dlq_pending: IntGauge,
+    /// See [`PROGRESS_SAVE_FAILURES`].
+    pub progress_save_failures: IntCounter,
 }
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
@@ -151,6 +164,19 @@ impl Metrics {
                 HTTP_REQUESTS,
                 "HTTP requests, by route and status.",
                 &["route", "status"],
+            ),
+            retention_gap: counter_vec(
+                RETENTION_GAP,
+                "Messages deleted by Kafka retention before they were read, skipped, by partition.",
+                &["partition"],
+            ),
+            dlq_pending: gauge(
+                DLQ_PENDING,
+                "Dead-letter writes waiting for Kafka's acknowledgement.",
+            ),
+            progress_save_failures: counter(
+                PROGRESS_SAVE_FAILURES,
+                "Progress saves to PostgreSQL that failed (retried at the next interval).",
             ),
         })
     }

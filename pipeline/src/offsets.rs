@@ -1,9 +1,12 @@
 //! Which Kafka offsets may be committed.
 //!
-//! Every event read is owed to ClickHouse until the sink's acknowledged frontier passes its
-//! *settle time* (the close time of the longest window it counts in, or its read time when it
-//! counts in none: see `tally_operators::settled_after`). A partition's committable offset is
-//! the smallest offset still owed, or the next offset to read when nothing is owed.
+//! Every event read is owed until the sink's acknowledged frontier passes its *settle time*: the
+//! end of its dedup horizon (at least the close of the longest window it counts in), or its read
+//! time when that is later (see `tally_operators::settled_after`). Owing it until its dedup
+//! horizon ends means that a restart re-reads the first copy of any event id whose retries it
+//! re-reads or receives while the id would still be remembered, so the dedup, rebuilt from what
+//! is re-read, drops them again. A partition's committable offset is the smallest offset still
+//! owed, or the next offset to read when nothing is owed.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -77,5 +80,23 @@ mod tests {
         );
         assert_eq!(p.committable(501), vec![(0, 13), (1, 8)]);
         assert_eq!(p.owed_settle_times(), 0);
+    }
+
+    #[test]
+    fn a_first_copy_stays_owed_until_its_dedup_horizon() {
+        use tally_operators::{settled_after, Window};
+        let (windows, grace) = (Window::ALL, 5_000);
+        // 2024-03-13T23:59:59Z, read with the watermark 5 s behind.
+        let ts = 1_710_374_399_000;
+        let day_close = Window::Day.close_time(ts, grace);
+        let horizon = settled_after(&windows, ts, ts - 5_000, grace);
+        // 2024-03-14T00:00:00Z (end of its hour) + 1 day + grace.
+        assert_eq!(horizon, 1_710_374_400_000 + 86_400_000 + grace);
+        let mut p = PendingOffsets::default();
+        p.read(0, 10, Some(horizon));
+        // A retry stamped after midnight can still arrive once the first day is final: the
+        // first copy must still be re-read after a restart then.
+        assert_eq!(p.committable(day_close + 1), vec![(0, 10)]);
+        assert_eq!(p.committable(horizon + 1), vec![(0, 11)]);
     }
 }

@@ -1,24 +1,29 @@
 //! The pipeline: one timely worker per thread, each reading its share of the topic's partitions.
+//!
+//! One exit path: every worker, whatever ends its loop (shutdown signal, a fatal error of any
+//! worker or sink task, a panic), goes through the same drain (see [`drain`]) and drops its
+//! dataflow, so the process always ends; the first fatal error is what [`run`] returns.
 
-use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::rc::Rc;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use std::{cell::Cell, cell::RefCell, rc::Rc};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use tally_operators::{OperatorCounters, RollupSpec, Window};
 use tally_sinks::clickhouse::{ClickHouseConfig, ClickHouseWriter};
-use tally_sinks::postgres::{self, PartitionProgress, PostgresConfig, Progress};
+use tally_sinks::postgres::{PostgresConfig, Progress};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
-use crate::kafka::{client_config, KafkaConfig};
+use crate::health::{Failure, Health, PipelineState};
+use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
+use crate::progress::ProgressSaver;
 use crate::sink::{clickhouse_sink, SinkContext, SinkRecord};
 use crate::source::{KafkaSource, Read, Windowing};
 use crate::watermark::{combine, past_idle, Mark, Watermarks};
@@ -44,8 +49,12 @@ struct Shared {
     pool: sqlx::PgPool,
     progress: Progress,
     partitions: Vec<i32>,
+    /// The lease epoch progress saves are fenced with.
+    epoch: i64,
     shutdown: Arc<AtomicBool>,
-    fatal: Arc<Mutex<Option<String>>>,
+    /// The first fatal error; raising it stops every worker.
+    failure: Arc<Failure>,
+    health: Health,
     /// Every partition's watermark mark and read position, published by its worker and combined
     /// by each into one source watermark.
     marks: Mutex<BTreeMap<i32, (Mark, Option<i64>)>>,
@@ -59,36 +68,76 @@ struct Shared {
     exported: Mutex<([u64; 3], u64)>,
 }
 
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst) || self.failure.is_raised()
+    }
+}
+
 /// Runs the pipeline until `shutdown` is set or a fatal error occurs. Blocks the calling thread;
-/// `runtime` runs the I/O (ClickHouse inserts, PostgreSQL progress).
+/// `runtime` runs the I/O (ClickHouse inserts, PostgreSQL progress). See [`run_with_health`].
 pub fn run(
     settings: PipelineSettings,
     runtime: tokio::runtime::Handle,
     shutdown: Arc<AtomicBool>,
 ) -> Result<(), PipelineError> {
-    let pool = runtime.block_on(postgres::connect(&settings.postgres))?;
-    let progress = runtime.block_on(postgres::load_progress(&pool, &settings.pipeline.name))?;
-    let partitions = topic_partitions(&settings.kafka)?;
+    run_with_health(settings, runtime, shutdown, Health::default())
+}
+
+/// [`run`], reporting its state in `health` (what `/healthz` and `/readyz` show).
+///
+/// Startup checks come first (`crate::startup`): services reachable, schemas migrated, topics
+/// present, the pipeline's lease free, no unread messages lost to retention. Then the workers
+/// run until `shutdown` is set (`Ok` after the drain) or the first fatal error, which every
+/// worker drains for and which is returned. `health` ends in `stopped` or `failed`.
+///
+/// Errors: see [`PipelineError`]; [`PipelineError::exit_class`] gives the process exit code.
+pub fn run_with_health(
+    settings: PipelineSettings,
+    runtime: tokio::runtime::Handle,
+    shutdown: Arc<AtomicBool>,
+    health: Health,
+) -> Result<(), PipelineError> {
+    health.set(PipelineState::Starting);
+    let result = run_workers(settings, runtime, shutdown, &health);
+    match &result {
+        Ok(()) => health.set(PipelineState::Stopped),
+        Err(e) => health.fail(e),
+    }
+    result
+}
+
+fn run_workers(
+    settings: PipelineSettings,
+    runtime: tokio::runtime::Handle,
+    shutdown: Arc<AtomicBool>,
+    health: &Health,
+) -> Result<(), PipelineError> {
+    let started = runtime.block_on(crate::startup::check(&settings))?;
     tracing::info!(
         topic = settings.kafka.topic,
-        partitions = partitions.len(),
+        partitions = started.partitions.len(),
         workers = settings.pipeline.workers,
-        resume_frontier_ms = progress.acked_frontier_ms,
+        resume_frontier_ms = started.progress.acked_frontier_ms,
+        lease_epoch = started.lease.epoch,
         "pipeline starting"
     );
-    runtime.spawn(retention_loop(
+    let retention = runtime.spawn(retention_loop(
         settings.clickhouse.clone(),
         settings.pipeline.retention_check_secs,
     ));
     let workers = settings.pipeline.workers;
+    let failure = Arc::new(Failure::default());
     let shared = Arc::new(Shared {
         settings,
         runtime,
-        pool,
-        progress,
-        partitions,
+        pool: started.pool.clone(),
+        progress: started.progress.clone(),
+        partitions: started.partitions.clone(),
+        epoch: started.lease.epoch,
         shutdown,
-        fatal: Arc::new(Mutex::new(None)),
+        failure: Arc::clone(&failure),
+        health: health.clone(),
         marks: Mutex::new(BTreeMap::new()),
         counters: OperatorCounters::default(),
         drained_at: Mutex::new(vec![u64::MAX; workers]),
@@ -97,13 +146,10 @@ pub fn run(
             .collect(),
         exported: Mutex::new(([0; 3], 0)),
     });
+    let (stop_lag, lag_stopped) = std::sync::mpsc::channel::<()>();
+    let lag = spawn_lag_exporter(Arc::clone(&shared), lag_stopped);
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        let result = run_worker(worker, &shared);
-        if result.is_err() {
-            // One worker failing stops them all; the others drain and save what is acknowledged.
-            shared.shutdown.store(true, Ordering::SeqCst);
-        }
-        result
+        worker_main(worker, &shared)
     })
     .map_err(PipelineError::Dataflow)?;
     let mut first_error = None;
@@ -118,34 +164,72 @@ pub fn run(
             }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    retention.abort();
+    drop(stop_lag);
+    if lag.join().is_err() {
+        tracing::warn!("the lag exporter panicked");
+    }
+    // The lease (and its lock connection) is released here, after the last progress save.
+    drop(started);
+    match failure.take().or(first_error) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
-fn topic_partitions(config: &KafkaConfig) -> Result<Vec<i32>, PipelineError> {
-    let consumer: BaseConsumer = client_config(config)
-        .create()
-        .map_err(|e| PipelineError::kafka("creating a metadata client", e))?;
-    let metadata = consumer
-        .fetch_metadata(Some(&config.topic), Duration::from_secs(10))
-        .map_err(|e| {
-            PipelineError::kafka(format!("reading metadata of topic {}", config.topic), e)
-        })?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == config.topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(PipelineError::Config {
-            field: "kafka.topic",
-            reason: format!(
-                "topic `{}` does not exist; run `tally migrate` to create it",
-                config.topic
-            ),
+/// Every 5 s, exports consumer lag from the read positions the workers publish, with its own
+/// broker client (broker queries can be slow; they never run on a worker). Ends when `stop`'s
+/// sender is dropped.
+fn spawn_lag_exporter(
+    shared: Arc<Shared>,
+    stop: std::sync::mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let consumer: Option<rdkafka::consumer::BaseConsumer> =
+            crate::kafka::client_config(&shared.settings.kafka)
+                .create()
+                .ok();
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            stop.recv_timeout(Duration::from_secs(5))
+        {
+            let positions: Vec<(i32, i64)> = shared
+                .marks
+                .lock()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(&p, &(_, pos))| Some((p, pos?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(c) = &consumer {
+                crate::source::export_lag(c, &shared.settings.kafka.topic, &positions);
+            }
+        }
+    })
+}
+
+/// One worker thread: [`run_worker`] with panics caught, errors raised for every worker, and
+/// the dataflows dropped whatever happened (timely steps a worker until it has none left).
+fn worker_main(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError> {
+    let index = worker.index();
+    let result =
+        catch_unwind(AssertUnwindSafe(|| run_worker(worker, shared))).unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(PipelineError::Dataflow(format!(
+                "worker {index} panicked (a bug): {message}"
+            )))
         });
+    for id in worker.installed_dataflows() {
+        worker.drop_dataflow(id);
     }
-    Ok(partitions)
+    if let Err(e) = result {
+        shared.failure.raise(e);
+    }
+    Ok(())
 }
 
 /// Milliseconds on a monotonic clock (for idleness and intervals).
@@ -162,7 +246,7 @@ struct Dataflow {
 }
 
 impl Dataflow {
-    /// Builds source → (raw rows, dedup → rollups) → ClickHouse sink → probe.
+    /// Builds source → dedup → (raw rows, rollups) → ClickHouse sink → probe.
     fn build(
         worker: &mut Worker,
         spec: &RollupSpec,
@@ -178,17 +262,16 @@ impl Dataflow {
             // data on without ending the epoch, which activates a pipeline consumer but leaves
             // records parked in an exchange channel's buffers until time advances; the first
             // exchange must therefore sit behind an operator, which flushes after each activation.
-            let reads = events.to_stream(scope);
-            let observations = reads.clone().map(|r: Read| r.event.observation(r.replayed));
-            let raw = reads
-                .map(|r: Read| SinkRecord::Event(r.event.row(r.ingested, r.partition, r.offset)));
-            let rollups = tally_topologies::product_analytics(
-                observations,
-                ticks.to_stream(scope),
-                spec,
-                counters,
-            )
-            .map(SinkRecord::Rollup);
+            // Each read becomes an observation carrying its raw row; both pass the dedup
+            // together, so `events` stores exactly the copies the rollups count.
+            let reads = events.to_stream(scope).map(|r: Read| {
+                let row = r.event.row(r.ingested, r.partition, r.offset);
+                (r.event.observation(r.replayed), row)
+            });
+            let out =
+                tally_topologies::product_analytics(reads, ticks.to_stream(scope), spec, counters);
+            let raw = out.kept.map(SinkRecord::Event);
+            let rollups = out.rollups.map(SinkRecord::Rollup);
             clickhouse_sink(raw.concat(rollups), sink).probe_with(&probe);
         });
         Dataflow {
@@ -219,18 +302,27 @@ impl Dataflow {
     }
 }
 
-/// Timers and the last saved position of one worker's loop.
+/// Timers of one worker's loop.
 struct Cadence {
     tick: Instant,
     commit: Instant,
     lag: Instant,
-    saved: Option<(u64, Vec<PartitionProgress>)>,
     /// Last time idle partitions were checked against the broker.
     verified: Option<Instant>,
 }
 
-/// The per-worker loop: read, advance the watermark, tick, step, save progress. On shutdown it
-/// drains in a fixed order (see the crate docs).
+/// What one worker's loop drives.
+struct WorkerParts<'a> {
+    source: KafkaSource,
+    df: Dataflow,
+    ctx: SinkContext,
+    saver: ProgressSaver,
+    windowing: Windowing<'a>,
+}
+
+/// One worker: opens its source, builds the dataflow, runs [`read_loop`] until shutdown or a
+/// fatal error, then always [`drain`]s, saves progress and drops the dataflow. A fatal error of
+/// the loop is raised (stopping the other workers) before the drain.
 fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError> {
     let s = &shared.settings;
     let (index, peers) = (worker.index(), worker.peers());
@@ -241,8 +333,9 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
         .filter(|p| *p as usize % peers == index)
         .collect();
     let p = &s.pipeline;
-    let watermarks = Watermarks::new(&mine, p.max_out_of_orderness_ms, p.idle_timeout_ms, 0);
-    let mut source = KafkaSource::open(&s.kafka, &mine, &shared.progress, watermarks)?;
+    let watermarks = Watermarks::new(&mine, p.max_out_of_orderness_ms, p.idle_timeout_ms, 0)
+        .max_clock_skew(p.max_clock_skew_ms);
+    let source = KafkaSource::open(&s.kafka, &mine, &shared.progress, watermarks)?;
     let spec = RollupSpec {
         windows: Window::ALL.to_vec(),
         grace_ms: p.grace_ms,
@@ -255,7 +348,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
         batch_wait: Duration::from_millis(s.clickhouse.batch_ms),
         flush_all: Rc::new(Cell::new(false)),
         backlog: Arc::clone(&shared.backlogs[index]),
-        fatal: Arc::clone(&shared.fatal),
+        failure: Arc::clone(&shared.failure),
         activator: Rc::new(RefCell::new(None)),
     };
     let mut df = Dataflow::build(worker, &spec, &shared.counters, ctx.clone());
@@ -268,35 +361,80 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
             .unwrap_or(0)
             .saturating_sub(1),
     );
-
-    let origin = Instant::now();
-    let windowing = Windowing {
-        windows: &spec.windows,
-        grace_ms: p.grace_ms,
-        retention_days: s.clickhouse.retention_days,
+    let saver = ProgressSaver::new(
+        shared.pool.clone(),
+        shared.runtime.clone(),
+        &p.name,
+        &s.kafka.topic,
+        shared.epoch,
+    );
+    let mut parts = WorkerParts {
+        source,
+        df,
+        ctx,
+        saver,
+        windowing: Windowing {
+            windows: &spec.windows,
+            grace_ms: p.grace_ms,
+            retention_days: s.clickhouse.retention_days,
+        },
     };
+    shared.health.set(PipelineState::Running);
+    if let Err(e) = read_loop(worker, shared, &mut parts) {
+        shared.failure.raise(e);
+    }
+    shared.health.set(PipelineState::Draining);
+    let timeout = Duration::from_millis(p.drain_timeout_ms);
+    drain(worker, shared, index, &mut parts.df, &parts.ctx, timeout);
+    parts
+        .source
+        .flush_dead_letters(Duration::from_secs(5).min(timeout));
+    let frontier = parts.df.acked_frontier();
+    let saved = parts.saver.finish(&mut parts.source, frontier, timeout);
+    // Open windows must not be closed by shutting the inputs: drop the dataflow instead.
+    worker.drop_dataflow(parts.df.id);
+    tracing::info!(worker = index, frontier_ms = frontier, "worker stopped");
+    saved
+}
+
+/// Read, advance the watermark, tick, step, save progress; until shutdown or a fatal error
+/// (returned, or raised by another worker or a sink task).
+fn read_loop(
+    worker: &mut Worker,
+    shared: &Shared,
+    parts: &mut WorkerParts<'_>,
+) -> Result<(), PipelineError> {
+    let p = &shared.settings.pipeline;
+    let WorkerParts {
+        source,
+        df,
+        ctx,
+        saver,
+        windowing,
+    } = parts;
+    let origin = Instant::now();
     let mut cadence = Cadence {
         tick: origin,
         commit: origin,
         lag: origin,
-        saved: None,
         verified: None,
     };
-    while !shared.shutdown.load(Ordering::SeqCst) {
-        check_fatal(shared)?;
+    while !shared.stopping() {
         let mut read = 0;
-        if ctx.backlog.load(Ordering::Relaxed) < p.max_pending_rows {
+        if ctx.backlog.load(Ordering::Relaxed) < p.max_pending_rows && !source.dead_letters_full() {
             let now = mono_ms(origin);
             let time = df.time();
-            read = source.poll(p.max_poll_records, time, now, &windowing, |r| {
+            read = source.poll(p.max_poll_records, time, now, windowing, |r| {
                 df.events.send(r)
             })?;
             if read > 0 {
                 df.events.flush();
             }
+        } else {
+            source.service_dead_letters()?;
         }
         let now = mono_ms(origin);
-        if let Some(wm) = global_watermark(shared, &source, now, df.time(), &mut cadence.verified) {
+        if let Some(wm) = global_watermark(shared, source, now, df.time(), &mut cadence.verified) {
             df.advance_to(wm);
         }
         if cadence.tick.elapsed() >= Duration::from_millis(p.provisional_interval_ms) {
@@ -310,46 +448,48 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
             Duration::ZERO
         };
         worker.step_or_park(Some(park));
+        saver.poll(source)?;
         if cadence.commit.elapsed() >= Duration::from_millis(p.commit_interval_ms) {
-            save_progress(shared, &mut source, df.acked_frontier(), &mut cadence.saved);
+            saver.start(source, df.acked_frontier());
             export_metrics(shared);
             cadence.commit = Instant::now();
         }
         if cadence.lag.elapsed() >= Duration::from_secs(5) {
-            source.export_lag();
+            source.export_watermarks();
             cadence.lag = Instant::now();
         }
     }
-    drain(worker, shared, index, &mut df, &ctx)?;
-    let frontier = df.acked_frontier();
-    save_progress(shared, &mut source, frontier, &mut cadence.saved);
-    // Open windows must not be closed by shutting the inputs: drop the dataflow instead.
-    worker.drop_dataflow(df.id);
-    tracing::info!(worker = index, frontier_ms = frontier, "worker stopped");
     Ok(())
 }
 
-/// No more reads: write whatever the sink buffers and wait until ClickHouse acknowledged it all
-/// (up to 120 s; progress is then saved up to what it did acknowledge).
+/// No more reads: write whatever the sink buffers and wait until ClickHouse acknowledged it
+/// all, for at most `timeout` (`pipeline.drain_timeout_ms`); progress is then saved up to what
+/// it did acknowledge and the rest is read again after a restart. After a fatal error the wait
+/// ends as soon as this worker's sink holds nothing in flight: the failed rows (and a failed
+/// worker's) can never be acknowledged, and the acknowledged frontier stays before them.
 fn drain(
     worker: &mut Worker,
     shared: &Shared,
     index: usize,
     df: &mut Dataflow,
     ctx: &SinkContext,
-) -> Result<(), PipelineError> {
+    timeout: Duration,
+) {
     ctx.flush_all.set(true);
     df.events.flush();
     if let Ok(mut d) = shared.drained_at.lock() {
         d[index] = df.time();
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + timeout;
     loop {
         if let Some(a) = ctx.activator.borrow().as_ref() {
             a.activate();
         }
         worker.step_or_park(Some(Duration::from_millis(10)));
-        check_fatal(shared)?;
+        let idle = ctx.backlog.load(Ordering::Relaxed) == 0;
+        if idle && shared.failure.is_raised() {
+            return;
+        }
         // The acknowledged frontier can reach the slowest worker's input time, not this one's.
         let slowest = shared
             .drained_at
@@ -357,13 +497,16 @@ fn drain(
             .ok()
             .and_then(|d| d.iter().min().copied())
             .unwrap_or(0);
-        if df.acked_frontier() >= slowest.min(df.time()) && ctx.backlog.load(Ordering::Relaxed) == 0
-        {
-            return Ok(());
+        if idle && df.acked_frontier() >= slowest.min(df.time()) {
+            return;
         }
         if Instant::now() > deadline {
-            tracing::warn!("clickhouse did not acknowledge everything within 120 s; progress saved up to what it did");
-            return Ok(());
+            tracing::warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "clickhouse did not acknowledge everything within pipeline.drain_timeout_ms; \
+                 progress saved up to what it did (the rest is read again after a restart)"
+            );
+            return;
         }
     }
 }
@@ -401,50 +544,6 @@ fn global_watermark(
         *last_check = Some(Instant::now());
     }
     watermark
-}
-
-fn check_fatal(shared: &Shared) -> Result<(), PipelineError> {
-    let fatal = shared.fatal.lock().ok().and_then(|mut f| f.take());
-    match fatal {
-        Some(reason) => Err(PipelineError::Dataflow(format!("sink failed: {reason}"))),
-        None => Ok(()),
-    }
-}
-
-/// Saves offsets and the acknowledged frontier to PostgreSQL (in one transaction), then mirrors
-/// the offsets to Kafka. Skipped when nothing changed since the last save. A failed save loses
-/// nothing (it only means more replay after a restart): it is logged and tried again later.
-fn save_progress(
-    shared: &Shared,
-    source: &mut KafkaSource,
-    frontier: u64,
-    saved: &mut Option<(u64, Vec<PartitionProgress>)>,
-) {
-    let s = &shared.settings;
-    let offsets = source.committable(frontier);
-    if saved
-        .as_ref()
-        .is_some_and(|(f, o)| *f == frontier && *o == offsets)
-        || (frontier == 0 && offsets.is_empty())
-    {
-        return;
-    }
-    let save = postgres::save_progress(
-        &shared.pool,
-        &s.pipeline.name,
-        &s.kafka.topic,
-        &offsets,
-        frontier,
-    );
-    if let Err(e) = shared.runtime.block_on(save) {
-        tracing::warn!(error = %e, "saving progress failed; retrying at the next interval");
-        return;
-    }
-    source.commit_to_kafka(&offsets);
-    Metrics::get()
-        .acked_frontier
-        .set(i64::try_from(frontier).unwrap_or(i64::MAX));
-    *saved = Some((frontier, offsets));
 }
 
 /// Adds what the operator counters gained since the last export to the Prometheus counters, and

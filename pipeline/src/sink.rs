@@ -9,7 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tally_operators::RollupRow;
@@ -21,7 +21,9 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 use timely::scheduling::Activator;
 
+use crate::health::Failure;
 use crate::metrics::Metrics;
+use crate::PipelineError;
 
 /// A row bound for ClickHouse.
 #[derive(Clone, Debug)]
@@ -53,8 +55,8 @@ pub struct SinkContext {
     pub flush_all: Rc<Cell<bool>>,
     /// Rows buffered or in flight (the source pauses reading above a limit).
     pub backlog: Arc<AtomicUsize>,
-    /// The first non-retryable error, which stops the pipeline.
-    pub fatal: Arc<Mutex<Option<String>>>,
+    /// Where a non-retryable write error is raised; it stops the pipeline.
+    pub failure: Arc<Failure>,
     /// Filled in when the operator is built, so the runtime can wake it (e.g. at shutdown).
     pub activator: Rc<RefCell<Option<Activator>>>,
 }
@@ -129,6 +131,10 @@ pub fn clickhouse_sink<'scope>(
                     }
                     batch.started.get_or_insert_with(Instant::now);
                 });
+                // A failed batch keeps its capability: its rows are not acknowledged, so the
+                // acknowledged frontier (and the progress saved from it) must stay before them.
+                // The failure stops the workers, which drop the dataflow and with it the
+                // capability; the rows are read again after a restart.
                 in_flight.retain(|(_, status, _)| status.load(Ordering::Acquire) != DONE);
                 if let Some(started) = batch.started {
                     let waited = started.elapsed();
@@ -147,7 +153,11 @@ pub fn clickhouse_sink<'scope>(
                         activator.activate_after(ctx.batch_wait - waited);
                     }
                 }
-                let flying: usize = in_flight.iter().map(|(_, _, n)| n).sum();
+                let flying: usize = in_flight
+                    .iter()
+                    .filter(|(_, status, _)| status.load(Ordering::Acquire) == PENDING)
+                    .map(|(_, _, n)| n)
+                    .sum();
                 ctx.backlog.store(batch.len() + flying, Ordering::Relaxed);
             }
         },
@@ -164,9 +174,9 @@ fn spawn_write(
     } = batch;
     let rows = events.len() + rollups.len();
     let status = Arc::new(AtomicU8::new(PENDING));
-    let (writer, fatal, done) = (
+    let (writer, failure, done) = (
         ctx.writer.clone(),
-        Arc::clone(&ctx.fatal),
+        Arc::clone(&ctx.failure),
         Arc::clone(&status),
     );
     let rollups: Vec<RollupRecord> = rollups.into_values().collect();
@@ -184,10 +194,13 @@ fn spawn_write(
         match result {
             Ok(()) => done.store(DONE, Ordering::Release),
             Err(e) => {
-                tracing::error!(error = %e, "clickhouse write failed permanently; stopping the pipeline");
-                if let Ok(mut slot) = fatal.lock() {
-                    slot.get_or_insert_with(|| e.to_string());
-                }
+                failure.raise(if e.is_missing_schema() {
+                    PipelineError::NotMigrated {
+                        what: format!("a table or column ({e})"),
+                    }
+                } else {
+                    PipelineError::Sink(e)
+                });
                 done.store(FAILED, Ordering::Release);
             }
         }

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tally_operators::settled_after;
 use tally_sinks::postgres::{PartitionProgress, Progress};
 
+use crate::dead_letter::DeadLetters;
 use crate::event::{id_from_position, Clock, Event, Invalid};
-use crate::kafka::{client_config, producer_config, KafkaConfig};
+use crate::kafka::{client_config, KafkaConfig};
 use crate::metrics::Metrics;
 use crate::offsets::PendingOffsets;
 use crate::watermark::{Mark, Watermarks};
@@ -67,14 +67,13 @@ impl rdkafka::consumer::ConsumerContext for SourceContext {}
 pub struct KafkaSource {
     config: KafkaConfig,
     consumer: BaseConsumer<SourceContext>,
-    dlq: BaseProducer,
+    dlq: DeadLetters,
     /// Per-partition event-time watermarks.
     pub watermarks: Watermarks,
     owed: PendingOffsets,
     next_offsets: BTreeMap<i32, i64>,
     replay_until: HashMap<i32, i64>,
     start_offsets: HashMap<i32, i64>,
-    dlq_written: Vec<(i32, i64)>,
 }
 
 impl KafkaSource {
@@ -110,9 +109,7 @@ impl KafkaSource {
         consumer
             .assign(&tpl)
             .map_err(|e| PipelineError::kafka("assigning partitions", e))?;
-        let dlq = producer_config(config)
-            .create()
-            .map_err(|e| PipelineError::kafka("creating the dead-letter producer", e))?;
+        let dlq = DeadLetters::new(config)?;
         Ok(KafkaSource {
             config: config.clone(),
             consumer,
@@ -122,14 +119,15 @@ impl KafkaSource {
             next_offsets: BTreeMap::new(),
             replay_until,
             start_offsets,
-            dlq_written: Vec::new(),
         })
     }
 
     /// Reads up to `max` messages at dataflow time `read_time` (the current watermark), hands
-    /// each valid event to `emit` and dead-letters the rest, then waits for the dead-letter
-    /// writes to be acknowledged. `now_ms` is the monotonic clock for idleness. Returns how many
-    /// messages were read.
+    /// each valid event to `emit` and queues the rest for the dead-letter topic (see
+    /// [`crate::dead_letter`]; never blocks on it). `now_ms` is the monotonic clock for
+    /// idleness. Returns how many messages were read.
+    ///
+    /// Errors: only what [`DeadLetters::service`] returns (an unusable DLQ topic limit).
     pub fn poll(
         &mut self,
         max: usize,
@@ -159,7 +157,8 @@ impl KafkaSource {
                 Ok(event) => {
                     let settle = settled_after(w.windows, event.ts_ms, read_time, w.grace_ms);
                     self.owed.read(p, o, Some(settle));
-                    self.watermarks.observe(p, event.ts_ms, now_ms);
+                    let arrival = arrival_ms(&msg);
+                    self.watermarks.observe(p, event.ts_ms, arrival, now_ms);
                     let replayed = self.replay_until.get(&p).is_some_and(|&r| o < r);
                     let ingested = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
                     emit(Read {
@@ -171,28 +170,44 @@ impl KafkaSource {
                     });
                 }
                 Err(reason) => {
-                    self.send_to_dlq(&msg, &reason)?;
+                    // Owed nothing to ClickHouse; held back by the DLQ until acknowledged
+                    // (see `committable`).
+                    self.owed.read(p, o, None);
+                    let payload = msg.payload().unwrap_or_default();
+                    self.dlq
+                        .push((p, o), payload, msg.key(), &reason.to_string());
                     Metrics::get()
                         .dlq
                         .with_label_values(&[reason.label()])
                         .inc();
-                    self.dlq_written.push((p, o));
                     self.watermarks.touch(p, now_ms);
                 }
             }
         }
         Metrics::get().events_read.inc_by(read as u64);
-        if !self.dlq_written.is_empty() {
-            // A dead-lettered offset is settled once the dead-letter write is acknowledged.
-            let timeout = Duration::from_millis(self.config.produce_timeout_ms);
-            self.dlq
-                .flush(timeout)
-                .map_err(|e| PipelineError::kafka("writing to the dead-letter topic", e))?;
-            for (p, o) in self.dlq_written.drain(..) {
-                self.owed.read(p, o, None);
-            }
-        }
+        self.dlq.service()?;
         Ok(read)
+    }
+
+    /// Serves dead-letter delivery reports (call every loop, also when not reading).
+    pub fn service_dead_letters(&mut self) -> Result<(), PipelineError> {
+        self.dlq.service().map(|_| ())
+    }
+
+    /// Whether reading should pause because too many dead letters wait for Kafka.
+    pub fn dead_letters_full(&self) -> bool {
+        self.dlq.is_full()
+    }
+
+    /// At shutdown: waits up to `timeout` for outstanding dead-letter writes.
+    pub fn flush_dead_letters(&mut self, timeout: Duration) {
+        self.dlq.flush(timeout);
+        if self.dlq.pending() > 0 {
+            tracing::warn!(
+                pending = self.dlq.pending(),
+                "dead letters not acknowledged at shutdown; their messages are read again after a restart"
+            );
+        }
     }
 
     /// Every partition's watermark mark at `now_ms`, with its read position (`None`: reading
@@ -215,6 +230,8 @@ impl KafkaSource {
     /// this worker's) at or after `position`. An unanswered query counts as yes: holding the
     /// watermark a little longer is safe, passing unread data is not.
     pub fn has_unread(&self, partition: i32, position: Option<i64>) -> bool {
+        // Short: the worker waits for the answer (at most every 100 ms, only while partitions
+        // are idle); no answer counts as "unread", which only holds the watermark.
         let timeout = Duration::from_secs(1);
         match self
             .consumer
@@ -228,14 +245,19 @@ impl KafkaSource {
         }
     }
 
-    /// The position to save once the acknowledged `frontier` is durable, per partition read.
+    /// The position to save once the acknowledged `frontier` is durable, per partition read:
+    /// never past an event ClickHouse does not hold yet, nor past a message whose dead letter
+    /// Kafka has not acknowledged.
     pub fn committable(&mut self, frontier: u64) -> Vec<PartitionProgress> {
         self.owed
             .committable(frontier)
             .into_iter()
             .map(|(partition, next_offset)| PartitionProgress {
                 partition,
-                next_offset,
+                next_offset: self
+                    .dlq
+                    .first_pending(partition)
+                    .map_or(next_offset, |o| o.min(next_offset)),
                 read_until: self
                     .next_offsets
                     .get(&partition)
@@ -262,60 +284,34 @@ impl KafkaSource {
         }
     }
 
-    /// Exports consumer lag and watermark per partition.
-    pub fn export_lag(&self) {
+    /// Exports the watermark per partition (no broker round trip; lag is exported by
+    /// [`export_lag`] on its own thread).
+    pub fn export_watermarks(&self) {
         let m = Metrics::get();
-        for (&p, &next) in &self.next_offsets {
-            let label = p.to_string();
-            let watermarks =
-                self.consumer
-                    .fetch_watermarks(&self.config.topic, p, Duration::from_secs(1));
-            if let Ok((_, high)) = watermarks {
-                m.lag.with_label_values(&[&label]).set((high - next).max(0));
-            }
+        for &p in self.next_offsets.keys() {
             if let Some(wm) = self.watermarks.partition(p) {
                 m.watermark
-                    .with_label_values(&[&label])
+                    .with_label_values(&[&p.to_string()])
                     .set(i64::try_from(wm).unwrap_or(i64::MAX));
             }
         }
     }
+}
 
-    fn send_to_dlq(
-        &self,
-        msg: &BorrowedMessage<'_>,
-        reason: &Invalid,
-    ) -> Result<(), PipelineError> {
-        let reason = reason.to_string();
-        let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
-        fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
-            Header {
-                key,
-                value: Some(value.as_bytes()),
-            }
-        }
-        let headers = OwnedHeaders::new()
-            .insert(header("tally.dlq.reason", &reason))
-            .insert(header("tally.dlq.source.partition", &partition))
-            .insert(header("tally.dlq.source.offset", &offset));
-        let payload = msg.payload().unwrap_or_default();
-        let mut record = BaseRecord::<[u8], [u8]>::to(&self.config.dlq_topic)
-            .payload(payload)
-            .headers(headers);
-        if let Some(key) = msg.key() {
-            record = record.key(key);
-        }
-        loop {
-            match self.dlq.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.dlq.poll(Duration::from_millis(100));
-                }
-                Err((e, _)) => {
-                    return Err(PipelineError::kafka("writing to the dead-letter topic", e))
-                }
-            }
+/// Exports consumer lag (high watermark − read position) for `positions`, asking the broker
+/// with its own client; runs off the workers, since a slow broker makes each query take up to
+/// its timeout.
+pub fn export_lag(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    positions: &[(i32, i64)],
+) {
+    let m = Metrics::get();
+    for &(p, next) in positions {
+        if let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(2)) {
+            m.lag
+                .with_label_values(&[&p.to_string()])
+                .set((high - next).max(0));
         }
     }
 }
@@ -325,4 +321,11 @@ fn parse(topic: &str, msg: &BorrowedMessage<'_>, retention_days: u32) -> Result<
     Event::parse(bytes, Clock::wall(retention_days), || {
         id_from_position(topic, msg.partition(), msg.offset())
     })
+}
+
+/// When `msg` arrived, for the watermark's clock-skew cap: its Kafka timestamp (CreateTime or
+/// LogAppendTime), never later than the wall clock now (see [`crate::watermark::arrival_ms`]).
+fn arrival_ms(msg: &BorrowedMessage<'_>) -> u64 {
+    let wall_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+    crate::watermark::arrival_ms(msg.timestamp().to_millis(), wall_ms)
 }

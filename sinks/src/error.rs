@@ -32,6 +32,15 @@ pub enum SinkError {
         #[source]
         source: sqlx::Error,
     },
+    /// Another process holds the pipeline, or took it over since this one started (its lease
+    /// epoch is newer): this process must stop writing progress.
+    #[error("pipeline `{pipeline}`: {reason}")]
+    Fenced {
+        /// `pipeline.name`.
+        pipeline: String,
+        /// Who holds it, or that a newer process took over.
+        reason: String,
+    },
     /// A configuration value is unusable.
     #[error("config: `{field}`: {reason}")]
     Config {
@@ -42,17 +51,25 @@ pub enum SinkError {
     },
 }
 
-/// ClickHouse error codes that are worth retrying: memory limit, too many simultaneous queries,
-/// too many parts, timeouts, network errors, a table in read-only mode.
-const RETRYABLE_CLICKHOUSE_CODES: &[&str] = &[
-    "Code: 241",
-    "Code: 202",
-    "Code: 252",
-    "Code: 159",
-    "Code: 209",
-    "Code: 210",
-    "Code: 242",
-];
+/// ClickHouse error codes that are worth retrying: memory limit (241), too many simultaneous
+/// queries (202), too many parts (252), timeouts (159, 209), network errors (210), a table in
+/// read-only mode (242). Codes from ClickHouse's `src/Common/ErrorCodes.cpp`.
+const RETRYABLE_CLICKHOUSE_CODES: &[u32] = &[241, 202, 252, 159, 209, 210, 242];
+
+/// ClickHouse error codes meaning the schema is missing or older than this build: no such
+/// column (16), table (60) or database (81).
+const MISSING_SCHEMA_CLICKHOUSE_CODES: &[u32] = &[16, 60, 81];
+
+/// PostgreSQL SQLSTATEs meaning the schema is missing: undefined table, undefined column.
+const MISSING_SCHEMA_POSTGRES_STATES: &[&str] = &["42P01", "42703"];
+
+/// The error code in a ClickHouse error text (`Code: 60, e.displayText() = ...` on 18.16,
+/// `Code: 60. DB::Exception: ...` on current releases).
+pub fn clickhouse_code(text: &str) -> Option<u32> {
+    let rest = &text[text.find("Code: ")? + "Code: ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
 
 impl SinkError {
     /// Builds a ClickHouse error with context.
@@ -71,20 +88,37 @@ impl SinkError {
         }
     }
 
+    /// Whether the error says a table, column or database Tally creates is missing, i.e.
+    /// `tally migrate` has not been run (or not since an upgrade).
+    pub fn is_missing_schema(&self) -> bool {
+        match self {
+            SinkError::ClickHouse {
+                source: ::clickhouse::error::Error::BadResponse(text),
+                ..
+            } => {
+                clickhouse_code(text).is_some_and(|c| MISSING_SCHEMA_CLICKHOUSE_CODES.contains(&c))
+            }
+            SinkError::Postgres {
+                source: sqlx::Error::Database(db),
+                ..
+            } => db
+                .code()
+                .is_some_and(|c| MISSING_SCHEMA_POSTGRES_STATES.contains(&c.as_ref())),
+            _ => false,
+        }
+    }
+
     /// Whether retrying may help.
     pub fn class(&self) -> ErrorClass {
         use ::clickhouse::error::Error as Ch;
         match self {
             SinkError::ClickHouse { source, .. } => match source {
                 Ch::Network(_) | Ch::TimedOut => ErrorClass::Retry,
-                Ch::BadResponse(text) => {
-                    let coded = text.contains("Code: ");
-                    if !coded || RETRYABLE_CLICKHOUSE_CODES.iter().any(|c| text.contains(c)) {
-                        ErrorClass::Retry
-                    } else {
-                        ErrorClass::Fatal
-                    }
-                }
+                Ch::BadResponse(text) => match clickhouse_code(text) {
+                    None => ErrorClass::Retry,
+                    Some(code) if RETRYABLE_CLICKHOUSE_CODES.contains(&code) => ErrorClass::Retry,
+                    Some(_) => ErrorClass::Fatal,
+                },
                 _ => ErrorClass::Fatal,
             },
             SinkError::Postgres { source, .. } => match source {
@@ -93,7 +127,42 @@ impl SinkError {
                 }
                 _ => ErrorClass::Fatal,
             },
-            SinkError::Config { .. } => ErrorClass::Fatal,
+            SinkError::Config { .. } | SinkError::Fenced { .. } => ErrorClass::Fatal,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_parsed_not_matched_as_substrings() {
+        assert_eq!(
+            clickhouse_code("Code: 60, e.displayText() = DB::Exception: Table x doesn't exist"),
+            Some(60)
+        );
+        assert_eq!(
+            clickhouse_code("Code: 241. DB::Exception: Memory limit"),
+            Some(241)
+        );
+        assert_eq!(clickhouse_code("no code here"), None);
+        let err = |t: &str| {
+            SinkError::clickhouse("q", ::clickhouse::error::Error::BadResponse(t.to_owned()))
+        };
+        assert_eq!(
+            err("Code: 241. DB::Exception: x").class(),
+            ErrorClass::Retry
+        );
+        // 2410 is not 241.
+        assert_eq!(
+            err("Code: 2410. DB::Exception: x").class(),
+            ErrorClass::Fatal
+        );
+        assert!(
+            err("Code: 60. DB::Exception: Table tally.events doesn't exist").is_missing_schema()
+        );
+        assert!(!err("Code: 62. DB::Exception: Syntax error").is_missing_schema());
+        assert_eq!(err("proxy said 502").class(), ErrorClass::Retry);
     }
 }

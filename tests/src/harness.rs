@@ -314,6 +314,7 @@ pub fn setup(tag: &str) -> anyhow::Result<(tokio::runtime::Runtime, Stack)> {
             pipeline_name: s.pipeline.name.clone(),
             grace_ms: s.pipeline.grace_ms,
             retention_days: 365,
+            pipeline: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -344,4 +345,513 @@ pub fn teardown(rt: &tokio::runtime::Runtime, st: &Stack) -> anyhow::Result<()> 
 /// A tag unique to one test run, for topic, database and pipeline names.
 pub fn unique_tag() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// The `tally` binary the workspace built (`cargo build` puts it beside the test binaries), or
+/// `TALLY_BIN`.
+pub fn tally_binary() -> anyhow::Result<std::path::PathBuf> {
+    let path = match std::env::var("TALLY_BIN") {
+        Ok(p) => std::path::PathBuf::from(p),
+        Err(_) => {
+            // target/debug/deps/<test>-<hash> -> target/debug/tally
+            let exe = std::env::current_exe()?;
+            exe.parent()
+                .and_then(|deps| deps.parent())
+                .map(|d| d.join("tally"))
+                .ok_or_else(|| anyhow!("no target dir"))?
+        }
+    };
+    ensure!(
+        path.exists(),
+        "{} not found: run `cargo build` first (or set TALLY_BIN)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// `tally <subcommand>` configured by environment for this test's names (in a work directory
+/// without a tally.toml), writing to ClickHouse at `clickhouse_url`. Add `.stderr(...)` etc.
+pub fn tally_command(
+    st: &Stack,
+    subcommand: &str,
+    clickhouse_url: &str,
+) -> anyhow::Result<std::process::Command> {
+    let s = &st.settings;
+    let workdir = std::env::temp_dir().join(format!("tally-e2e-{}", s.pipeline.name));
+    std::fs::create_dir_all(&workdir)?;
+    let mut c = std::process::Command::new(tally_binary()?);
+    c.arg(subcommand)
+        .current_dir(&workdir)
+        .env("TALLY_KAFKA__BROKERS", &s.kafka.brokers)
+        .env("TALLY_KAFKA__TOPIC", &s.kafka.topic)
+        .env("TALLY_KAFKA__DLQ_TOPIC", &s.kafka.dlq_topic)
+        .env("TALLY_CLICKHOUSE__URL", clickhouse_url)
+        .env("TALLY_CLICKHOUSE__DATABASE", &s.clickhouse.database)
+        .env(
+            "TALLY_CLICKHOUSE__BATCH_MS",
+            s.clickhouse.batch_ms.to_string(),
+        )
+        .env("TALLY_POSTGRES__URL", &s.postgres.url)
+        .env("TALLY_PIPELINE__NAME", &s.pipeline.name)
+        .env(
+            "TALLY_PIPELINE__IDLE_TIMEOUT_MS",
+            s.pipeline.idle_timeout_ms.to_string(),
+        )
+        .env(
+            "TALLY_PIPELINE__PROVISIONAL_INTERVAL_MS",
+            s.pipeline.provisional_interval_ms.to_string(),
+        )
+        .env(
+            "TALLY_PIPELINE__COMMIT_INTERVAL_MS",
+            s.pipeline.commit_interval_ms.to_string(),
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    Ok(c)
+}
+
+/// Writes `evs` straight to the test's Kafka topic (key = user), acknowledged by every replica.
+pub async fn produce(st: &Stack, evs: &[Ev]) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer =
+        tally_pipeline::kafka::producer_config(&st.settings.kafka).create()?;
+    let sends = evs.iter().map(|e| {
+        let payload = e.json().to_string();
+        let producer = &producer;
+        async move {
+            let record = FutureRecord::to(&st.settings.kafka.topic)
+                .key(&e.user)
+                .payload(&payload);
+            producer
+                .send(record, std::time::Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+        }
+    });
+    for result in futures::future::join_all(sends).await {
+        result?;
+    }
+    Ok(())
+}
+
+/// Waits up to `timeout` for `child` to exit; kills it and fails if it does not.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> anyhow::Result<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("process did not exit within {timeout:?} (killed)");
+        }
+        // Polling a condition (the child's exit) with a deadline, as the lint asks.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fault suite's tools (tests/tests/chaos.rs): a private stack it may kill, freeze and
+// restart, a steady load with deliberate duplicates, and readings of a running `tally`.
+
+/// A service of a [`PrivateStack`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Kafka,
+    ClickHouse,
+    Postgres,
+}
+
+/// A second local stack (`deploy/local/stack.sh` with its own `TALLY_HOME` and ports) that the
+/// fault suite may break without disturbing the shared one. Its pids are the ones stack.sh
+/// records, checked against the process's command line as stack.sh does.
+#[derive(Clone, Debug)]
+pub struct PrivateStack {
+    /// Its `TALLY_HOME` (`TALLY_CHAOS_HOME`, default `<shared TALLY_HOME>/chaos`).
+    pub home: std::path::PathBuf,
+    /// The shared stack's `TALLY_HOME`, whose Kafka jars are reused.
+    shared_home: std::path::PathBuf,
+    repo: std::path::PathBuf,
+    /// stack.sh's port variables and their values.
+    ports: Vec<(&'static str, u16)>,
+}
+
+/// Waits for process `$1` to end, then stops the stack (`$2` is stack.sh) under its lock (`$3`).
+const WATCHDOG: &str =
+    r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec flock "$3" bash "$2" down"#;
+
+/// stack.sh's port variables, the fault suite's variable for each, and its default.
+const PRIVATE_PORTS: [(&str, &str, u16); 6] = [
+    ("TALLY_KAFKA_PORT", "TALLY_CHAOS_KAFKA_PORT", 19092),
+    (
+        "TALLY_KAFKA_CONTROLLER_PORT",
+        "TALLY_CHAOS_KAFKA_CONTROLLER_PORT",
+        19093,
+    ),
+    (
+        "TALLY_CLICKHOUSE_HTTP_PORT",
+        "TALLY_CHAOS_CLICKHOUSE_HTTP_PORT",
+        18123,
+    ),
+    (
+        "TALLY_CLICKHOUSE_TCP_PORT",
+        "TALLY_CHAOS_CLICKHOUSE_TCP_PORT",
+        19000,
+    ),
+    (
+        "TALLY_CLICKHOUSE_INTERSERVER_PORT",
+        "TALLY_CHAOS_CLICKHOUSE_INTERSERVER_PORT",
+        19009,
+    ),
+    ("TALLY_PG_PORT", "TALLY_CHAOS_PG_PORT", 15432),
+];
+
+impl PrivateStack {
+    /// Where the private stack lives and listens, from `TALLY_CHAOS_*` variables.
+    pub fn from_env() -> anyhow::Result<PrivateStack> {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .ok_or_else(|| anyhow!("no repository root"))?
+            .to_path_buf();
+        let shared_home = std::env::var("TALLY_HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| repo.join(".tally"));
+        let home = std::env::var("TALLY_CHAOS_HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| shared_home.join("chaos"));
+        ensure!(
+            home != shared_home,
+            "TALLY_CHAOS_HOME must differ from TALLY_HOME"
+        );
+        let mut ports = Vec::new();
+        for (var, own, default) in PRIVATE_PORTS {
+            ports.push((var, env_or(own, &default.to_string()).parse()?));
+        }
+        Ok(PrivateStack {
+            home,
+            shared_home,
+            repo,
+            ports,
+        })
+    }
+
+    fn port(&self, var: &str) -> u16 {
+        self.ports
+            .iter()
+            .find(|(v, _)| *v == var)
+            .map_or(0, |(_, p)| *p)
+    }
+
+    /// Kafka bootstrap address.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port("TALLY_KAFKA_PORT"))
+    }
+
+    /// ClickHouse HTTP URL.
+    pub fn clickhouse_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.port("TALLY_CLICKHOUSE_HTTP_PORT")
+        )
+    }
+
+    /// PostgreSQL URL.
+    pub fn postgres_url(&self) -> String {
+        format!(
+            "postgres://tally@127.0.0.1:{}/tally",
+            self.port("TALLY_PG_PORT")
+        )
+    }
+
+    /// `program` with this stack's environment (what stack.sh reads).
+    fn command(&self, program: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(program);
+        c.env("TALLY_HOME", &self.home)
+            .env("TALLY_STOP_TIMEOUT", "10")
+            .stdin(std::process::Stdio::null());
+        for (var, port) in &self.ports {
+            c.env(var, port.to_string());
+        }
+        c
+    }
+
+    fn stack_sh(&self) -> std::path::PathBuf {
+        self.repo.join("deploy/local/stack.sh")
+    }
+
+    /// Runs `stack.sh <command>` to its end.
+    pub fn run(&self, command: &str) -> anyhow::Result<()> {
+        let out = self
+            .command("bash")
+            .arg(self.stack_sh())
+            .arg(command)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "stack.sh {command} ({}): {}\n{}",
+            self.home.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Starts the stack from empty data (`reset`, then `up`), reusing the shared stack's Kafka
+    /// jars, and leaves a watchdog that runs `stack.sh down` once this process has exited
+    /// (passed, failed or killed), so the stack never outlives the suite.
+    ///
+    /// The returned file holds an exclusive lock on `<home>.lock` (the watchdog takes it too):
+    /// keep it for as long as the stack is used, so that two suites (two `cargo test` runs)
+    /// take turns instead of breaking each other's services.
+    pub fn start(&self) -> anyhow::Result<std::fs::File> {
+        let lock_path = self.home.with_extension("lock");
+        if let Some(dir) = lock_path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        if lock.try_lock().is_err() {
+            eprintln!(
+                "waiting for another fault suite to finish with {}",
+                self.home.display()
+            );
+            lock.lock()?;
+        }
+        let jars = self.shared_home.join("kafka/libs");
+        let own = self.home.join("kafka/libs");
+        std::fs::create_dir_all(self.home.join("kafka"))?;
+        if jars.join(".tally-kafka").exists() && std::fs::symlink_metadata(&own).is_err() {
+            std::os::unix::fs::symlink(&jars, &own)?;
+        }
+        self.run("reset")?;
+        self.run("up")?;
+        // Its own session, so the end of this process (or a Ctrl-C to it) does not take it down.
+        let log = std::fs::File::create(self.home.join("log/watchdog.log"))?;
+        self.command("setsid")
+            .args(["bash", "-c", WATCHDOG, "watchdog"])
+            .arg(std::process::id().to_string())
+            .arg(self.stack_sh())
+            .arg(&lock_path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        Ok(lock)
+    }
+
+    /// `stack.sh up`: starts whatever is down, waits until it answers.
+    pub fn up(&self) -> anyhow::Result<()> {
+        self.run("up")
+    }
+
+    /// The pid stack.sh recorded for `service`, if that process still runs.
+    pub fn pid(&self, service: Service) -> anyhow::Result<u32> {
+        let (pidfile, marker) = match service {
+            Service::Kafka => (
+                self.home.join("run/kafka.pid"),
+                self.home
+                    .join("kafka/server.properties")
+                    .display()
+                    .to_string(),
+            ),
+            Service::ClickHouse => (
+                self.home.join("run/clickhouse.pid"),
+                format!("--path={}/", self.home.join("clickhouse/data").display()),
+            ),
+            Service::Postgres => (
+                self.home.join("pg/postmaster.pid"),
+                self.home.join("pg").display().to_string(),
+            ),
+        };
+        let text = std::fs::read_to_string(&pidfile)?;
+        let pid: u32 = text.lines().next().unwrap_or("").trim().parse()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        ensure!(
+            cmdline.contains(&marker) && process_alive(pid),
+            "{service:?}: pid {pid} is not ours"
+        );
+        Ok(pid)
+    }
+
+    /// Sends `signal` (e.g. `KILL`, `STOP`, `CONT`, `QUIT`) to `service`; returns its pid.
+    pub fn signal(&self, service: Service, signal: &str) -> anyhow::Result<u32> {
+        let pid = self.pid(service)?;
+        send_signal(pid, signal)?;
+        Ok(pid)
+    }
+
+    /// Sends `signal` to `service` and waits (at most 30 s) until the process is gone.
+    pub fn kill(&self, service: Service, signal: &str) -> anyhow::Result<()> {
+        let pid = self.signal(service, signal)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while process_alive(pid) {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "{service:?} (pid {pid}) still runs 30 s after SIG{signal}"
+            );
+            // Polling a condition (the process gone) with a deadline, as the lint asks.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+/// `kill -s <signal> <pid>`.
+pub fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -s {signal} {pid}: {status}");
+    Ok(())
+}
+
+/// Whether `pid` runs (a zombie does not).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Resident memory of `pid`, in bytes (`VmRSS` of /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| anyhow!("no VmRSS for pid {pid}"))?;
+    Ok(kib * 1024)
+}
+
+/// The sum over all label sets of metric `name` at `base/metrics`.
+pub async fn metric(http: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<f64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let mut sum = 0.0;
+    for line in text.lines().filter(|l| l.starts_with(name)) {
+        let rest = &line[name.len()..];
+        if rest.starts_with(' ') || rest.starts_with('{') {
+            let value = rest.rsplit(' ').next().unwrap_or("");
+            sum += value.parse::<f64>()?;
+        }
+    }
+    Ok(sum)
+}
+
+/// Every event once: the first copy of each `event_id` (copies are identical); events without
+/// one are distinct (the pipeline derives their id from their Kafka position).
+pub fn distinct(evs: &[Ev]) -> Vec<Ev> {
+    let mut seen = BTreeSet::new();
+    evs.iter()
+        .filter(|e| e.id.as_ref().is_none_or(|id| seen.insert(id.clone())))
+        .cloned()
+        .collect()
+}
+
+/// A steady load written straight to the test's topic: about `per_sec` events a second stamped
+/// up to 2 s before their send, a tenth of them re-sends of an earlier event with an id (what a
+/// retrying client does). Kafka must stay up while it runs: a failed send ends it with an error.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<anyhow::Result<Vec<Ev>>>,
+}
+
+impl Load {
+    /// Starts the load on `rt`.
+    pub fn start(rt: &tokio::runtime::Runtime, st: &Stack, per_sec: u64, seed: u64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let kafka = st.settings.kafka.clone();
+        let (flag, count) = (Arc::clone(&stop), Arc::clone(&acked));
+        let task = rt.spawn(async move {
+            use rdkafka::producer::{FutureProducer, FutureRecord};
+            use std::sync::atomic::Ordering;
+            let producer: FutureProducer =
+                tally_pipeline::kafka::producer_config(&kafka).create()?;
+            let mut rng = Rng(seed | 1);
+            let mut sent: Vec<Ev> = Vec::new();
+            let mut with_id: Vec<usize> = Vec::new();
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            let per_tick = per_sec.div_ceil(10).max(1);
+            while !flag.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let now = Utc::now().timestamp_millis() as u64;
+                let batch: Vec<Ev> = (0..per_tick)
+                    .map(|_| match with_id.len() {
+                        n if n > 0 && rng.next(10) == 0 => {
+                            sent[with_id[rng.next(n as u64) as usize]].clone()
+                        }
+                        _ => load_event(&mut rng, seed, sent.len() as u64, now),
+                    })
+                    .collect();
+                let sends = batch.iter().map(|e| {
+                    let payload = e.json().to_string();
+                    let (producer, topic) = (&producer, &kafka.topic);
+                    async move {
+                        let record = FutureRecord::to(topic).key(&e.user).payload(&payload);
+                        producer
+                            .send(record, std::time::Duration::from_secs(10))
+                            .await
+                            .map_err(|(e, _)| e)
+                    }
+                });
+                for result in futures::future::join_all(sends).await {
+                    result?;
+                }
+                for e in batch {
+                    if e.id.is_some() {
+                        with_id.push(sent.len());
+                    }
+                    sent.push(e);
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Ok(sent)
+        });
+        Load { stop, acked, task }
+    }
+
+    /// Events Kafka acknowledged so far (copies included).
+    pub fn acked(&self) -> usize {
+        self.acked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops the load; every copy Kafka acknowledged, in send order.
+    pub fn finish(self, rt: &tokio::runtime::Runtime) -> anyhow::Result<Vec<Ev>> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        rt.block_on(self.task)?
+    }
+}
+
+/// One new event of a [`Load`], stamped up to 2 s before `now_ms`.
+fn load_event(rng: &mut Rng, seed: u64, n: u64, now_ms: u64) -> Ev {
+    let types = ["page_view", "click", "signup", "purchase", "search"];
+    let user = rng.next(40);
+    Ev {
+        id: (rng.next(4) != 0).then(|| format!("load-{seed}-{n}")),
+        event_type: types[rng.next(types.len() as u64) as usize].to_owned(),
+        user: format!("user-{user}"),
+        session: (rng.next(5) != 0).then(|| format!("s-{user}-{}", rng.next(3))),
+        ts_ms: now_ms - rng.next(2_000),
+    }
 }

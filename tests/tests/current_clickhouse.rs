@@ -82,16 +82,25 @@ fn sql_runs_on_current_clickhouse() -> anyhow::Result<()> {
     setup.extend(schema("tally", true));
     setup.push(ttl_probe_sql("tally._tally_probe_ttl"));
     setup.push("USE tally".into());
-    // Events: e1 twice (a replay: FINAL collapses it), e2, e3; users u1, u2; one session.
+    // Events: e1 twice (a replay), e2, e3; users u1, u2; one session. Then copies the pipeline
+    // no longer stores but older rows may hold: e2 re-stamped 1.5 s later, e3 with another
+    // type, and e4 in two partitions (the smaller partition wins). Each id counts once, as its
+    // first copy (smallest partition, then offset).
     setup.push(format!(
         "INSERT INTO events VALUES
          ('e1','click','u1','s1',{t1},{t1}000,'{{}}',{t1},0,1),
          ('e1','click','u1','s1',{t1},{t1}000,'{{}}',{t1},0,1),
          ('e2','view','u1','s1',{t2},{t2}500,'{{}}',{t2},0,2),
-         ('e3','view','u2','',{t3},{t3}000,'{{}}',{t3},1,1)",
+         ('e3','view','u2','',{t3},{t3}000,'{{}}',{t3},1,1),
+         ('e2','view','u1','s1',{t4},{t4}000,'{{}}',{t4},0,3),
+         ('e3','purchase','u2','',{t3},{t3}900,'{{}}',{t3},1,2),
+         ('e4','click','u3','s3',{t5},{t5}000,'{{}}',{t5},3,1),
+         ('e4','signup','u3','s3',{t5},{t5}000,'{{}}',{t5},2,5)",
         t1 = t0 + 1,
         t2 = t0 + 2,
-        t3 = t0 + 61
+        t3 = t0 + 61,
+        t4 = t0 + 4,
+        t5 = t0 + 70
     ));
     // Rollups: the first minute in two versions (the later wins, though its session count is
     // smaller: argMax, not max), the second minute in one.
@@ -111,8 +120,10 @@ fn sql_runs_on_current_clickhouse() -> anyhow::Result<()> {
         {"sql": report_sql(&client, Metric::UniqueEventTypes, None), "expect": format!("{t0},2\n{},1\n", t0 + 60)},
         {"sql": report_sql(&client, Metric::UniqueSessions, None), "expect": format!("{t0},1\n{},0\n", t0 + 60)},
         {"sql": report_sql(&client, Metric::UniqueUsers, Some("view")), "expect": format!("{t0},1\n")},
-        {"sql": summary(t0, t0 + 120, None), "expect": "3,2,1,2\n"},
+        {"sql": summary(t0, t0 + 120, None), "expect": "4,3,2,3\n"},
         {"sql": summary(t0, t0 + 120, Some("view")), "expect": "2,2,1,1\n"},
+        {"sql": summary(t0, t0 + 120, Some("purchase")), "expect": "0,0,0,0\n"},
+        {"sql": summary(t0, t0 + 120, Some("click")), "expect": "1,1,1,1\n"},
         // [from, to) at millisecond precision: e2 is at 10:00:02.500.
         {"sql": summary(t0, t0 + 2, None), "expect": "1,1,1,1\n"},
         {"sql": "SHOW CREATE TABLE tally.events", "contains": "TTL"},
@@ -136,7 +147,7 @@ fn sql_runs_on_current_clickhouse() -> anyhow::Result<()> {
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success(), "{text}");
     ensure!(
-        text.matches("\nok:").count() == 11,
+        text.matches("\nok:").count() == 13,
         "not every check ran:\n{text}"
     );
     Ok(())

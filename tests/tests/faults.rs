@@ -4,15 +4,14 @@
 //! nothing counted twice.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
-use anyhow::{ensure, Context as _};
+use anyhow::ensure;
 use chrono::Utc;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use tally_tests::harness::{
-    check_reports, check_summary, events, setup, teardown, unique_tag, Ev, Rng, Stack,
+    check_reports, check_summary, events, produce, setup, tally_command, teardown, unique_tag, Ev,
+    Rng, Stack,
 };
 use tally_tests::{enabled, eventually};
 use tokio::net::{TcpListener, TcpStream};
@@ -55,90 +54,16 @@ impl Proxy {
     }
 }
 
-/// The `tally` binary the workspace built (`cargo build` puts it beside the test binaries).
-fn tally_binary() -> anyhow::Result<PathBuf> {
-    let path = match std::env::var("TALLY_BIN") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => {
-            // target/debug/deps/faults-<hash> -> target/debug/tally
-            let exe = std::env::current_exe()?;
-            exe.parent()
-                .and_then(|deps| deps.parent())
-                .map(|d| d.join("tally"))
-                .context("no target dir")?
-        }
-    };
-    ensure!(
-        path.exists(),
-        "{} not found: run `cargo build` first (or set TALLY_BIN)",
-        path.display()
-    );
-    Ok(path)
-}
-
 /// `tally run` as its own process, configured by environment for this test's names, writing to
 /// ClickHouse through `clickhouse_url`.
 fn spawn_run(st: &Stack, clickhouse_url: &str, log: &std::path::Path) -> anyhow::Result<Child> {
-    let s = &st.settings;
-    let workdir = std::env::temp_dir().join(format!("tally-faults-{}", s.pipeline.name));
-    std::fs::create_dir_all(&workdir)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
-    let child = Command::new(tally_binary()?)
-        .arg("run")
-        .current_dir(&workdir) // no tally.toml there: defaults + the variables below
-        .env("TALLY_KAFKA__BROKERS", &s.kafka.brokers)
-        .env("TALLY_KAFKA__TOPIC", &s.kafka.topic)
-        .env("TALLY_KAFKA__DLQ_TOPIC", &s.kafka.dlq_topic)
-        .env("TALLY_CLICKHOUSE__URL", clickhouse_url)
-        .env("TALLY_CLICKHOUSE__DATABASE", &s.clickhouse.database)
-        .env(
-            "TALLY_CLICKHOUSE__BATCH_MS",
-            s.clickhouse.batch_ms.to_string(),
-        )
-        .env("TALLY_POSTGRES__URL", &s.postgres.url)
-        .env("TALLY_PIPELINE__NAME", &s.pipeline.name)
-        .env(
-            "TALLY_PIPELINE__IDLE_TIMEOUT_MS",
-            s.pipeline.idle_timeout_ms.to_string(),
-        )
-        .env(
-            "TALLY_PIPELINE__PROVISIONAL_INTERVAL_MS",
-            s.pipeline.provisional_interval_ms.to_string(),
-        )
-        .env(
-            "TALLY_PIPELINE__COMMIT_INTERVAL_MS",
-            s.pipeline.commit_interval_ms.to_string(),
-        )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+    Ok(tally_command(st, "run", clickhouse_url)?
         .stderr(log)
-        .spawn()?;
-    Ok(child)
-}
-
-async fn produce(st: &Stack, evs: &[Ev]) -> anyhow::Result<()> {
-    let producer: FutureProducer =
-        tally_pipeline::kafka::producer_config(&st.settings.kafka).create()?;
-    let sends = evs.iter().map(|e| {
-        let payload = e.json().to_string();
-        let producer = &producer;
-        async move {
-            let record = FutureRecord::to(&st.settings.kafka.topic)
-                .key(&e.user)
-                .payload(&payload);
-            producer
-                .send(record, Duration::from_secs(10))
-                .await
-                .map_err(|(e, _)| e)
-        }
-    });
-    for result in futures::future::join_all(sends).await {
-        result?;
-    }
-    Ok(())
+        .spawn()?)
 }
 
 /// How many raw events ClickHouse holds (read directly, not through the proxy).

@@ -13,7 +13,7 @@ pub use client::{connect, ttl_probe_sql, Features};
 pub use config::ClickHouseConfig;
 pub use rows::{EventRow, RollupRecord};
 pub use schema::{
-    bootstrap_sql, drop_expired_partitions, migrate, migrations_sql, MigrationReport,
-    LIST_PARTITIONS_SQL,
+    bootstrap_sql, drop_expired_partitions, migrate, migrations_sql, pending_migrations,
+    MigrationReport, LIST_PARTITIONS_SQL,
 };
 pub use writer::ClickHouseWriter;

@@ -1,9 +1,11 @@
 //! ClickHouse schema: versioned migrations recorded in `tally_migrations`, and retention.
 //!
 //! `events` is a ReplacingMergeTree keyed by `(event_type, timestamp, event_id)`: report queries
-//! filter by time range and optionally one event type, and a replayed event (same id, same time)
-//! collapses into one row (read with `FINAL` for exact counts). `rollups` keeps every version
-//! of an aggregate; readers take `argMax(value, version)` per window.
+//! filter by time range, and a replayed event (same id, same time) collapses into one row. The
+//! pipeline stores only the first copy of an event id (within its dedup horizon); readers still
+//! group by `event_id`, since rows stored earlier may hold several copies (see
+//! `api::queries::summary`). `rollups` keeps every version of an aggregate; readers take
+//! `argMax(value, version)` per window.
 
 use clickhouse::Client;
 use serde::Deserialize;
@@ -195,6 +197,31 @@ fn month_end_secs(yyyymm: u32) -> Option<i64> {
     };
     let first = chrono::NaiveDate::from_ymd_opt(y, m, 1)?;
     Some(first.and_hms_opt(0, 0, 0)?.and_utc().timestamp())
+}
+
+/// The migrations this build knows that the server has not applied (all of them when the
+/// database or `tally_migrations` does not exist). Empty means the schema is current. Used by
+/// `tally run`'s startup check, which says "run `tally migrate`" instead of failing on the
+/// first insert.
+pub async fn pending_migrations(config: &ClickHouseConfig) -> Result<Vec<&'static str>, SinkError> {
+    let client = connect(config, false);
+    let sql = format!("SELECT id FROM {}.tally_migrations", config.database);
+    let done: Vec<u32> = match client.query(&sql).fetch_all().await {
+        Ok(done) => done,
+        Err(e) => {
+            let e = SinkError::clickhouse("reading applied migrations", e);
+            if e.is_missing_schema() {
+                Vec::new()
+            } else {
+                return Err(e);
+            }
+        }
+    };
+    Ok(MIGRATIONS
+        .iter()
+        .filter(|m| !done.contains(&m.id))
+        .map(|m| m.name)
+        .collect())
 }
 
 #[cfg(test)]

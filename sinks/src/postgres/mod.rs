@@ -1,12 +1,14 @@
 //! PostgreSQL: the platform's own records (applied migrations, pipeline progress).
 
 mod config;
+pub mod lease;
 mod progress;
 mod schema;
 
 pub use config::PostgresConfig;
+pub use lease::{acquire as acquire_lease, Lease};
 pub use progress::{load_progress, save_progress, PartitionProgress, Progress};
-pub use schema::migrate;
+pub use schema::{migrate, pending_migrations};
 
 /// Opens a connection pool.
 pub async fn connect(config: &PostgresConfig) -> Result<sqlx::PgPool, crate::SinkError> {

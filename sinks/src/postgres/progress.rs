@@ -63,10 +63,14 @@ pub async fn load_progress(pool: &PgPool, pipeline: &str) -> Result<Progress, Si
 }
 
 /// Saves offsets for some partitions of `topic` and raises the frontier (never lowers it), in
-/// one transaction.
+/// one transaction, provided the pipeline's lease still has `epoch` (see [`super::lease`]).
+///
+/// Errors: [`SinkError::Fenced`] when a newer process took the pipeline over (nothing is
+/// written); [`SinkError::Postgres`] otherwise.
 pub async fn save_progress(
     pool: &PgPool,
     pipeline: &str,
+    epoch: i64,
     topic: &str,
     offsets: &[PartitionProgress],
     acked_frontier_ms: u64,
@@ -76,6 +80,22 @@ pub async fn save_progress(
         .begin()
         .await
         .map_err(ctx("starting a progress update"))?;
+    // Row lock: a takeover (which bumps the epoch) waits for this save, or this save sees it.
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT epoch FROM pipeline_leases WHERE pipeline = $1 FOR UPDATE")
+            .bind(pipeline)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(ctx("checking the pipeline lease"))?;
+    if current != Some(epoch) {
+        return Err(SinkError::Fenced {
+            pipeline: pipeline.to_owned(),
+            reason: format!(
+                "a newer process took this pipeline over (lease epoch {} > {epoch}); this one stops",
+                current.map_or_else(|| "none".to_owned(), |c| c.to_string())
+            ),
+        });
+    }
     for o in offsets {
         sqlx::query(
             "INSERT INTO pipeline_offsets (pipeline, topic, partition, next_offset, read_until)

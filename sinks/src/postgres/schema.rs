@@ -29,6 +29,19 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         // after a restart is replay, which the pipeline tells apart from new late data.
         "ALTER TABLE pipeline_offsets ADD COLUMN IF NOT EXISTS read_until BIGINT NOT NULL DEFAULT 0",
     ),
+    (
+        3,
+        "pipeline leases",
+        // One row per pipeline name: `epoch` grows by one each time a process takes the
+        // pipeline over; progress saves check it, so an older process cannot write after a
+        // newer one started (fencing, as Kafka does with producer epochs).
+        "CREATE TABLE IF NOT EXISTS pipeline_leases (
+                pipeline    TEXT        PRIMARY KEY,
+                epoch       BIGINT      NOT NULL,
+                holder      TEXT        NOT NULL,
+                acquired_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )",
+    ),
 ];
 
 /// Applies every migration not yet recorded, each in its own transaction. Idempotent.
@@ -63,4 +76,28 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<&'static str>, SinkError> {
         applied.push(name);
     }
     Ok(applied)
+}
+
+/// The migrations this build knows that the database has not applied (all of them when
+/// `tally_migrations` does not exist). Empty means the schema is current.
+pub async fn pending_migrations(pool: &PgPool) -> Result<Vec<&'static str>, SinkError> {
+    let done: Vec<i32> = match sqlx::query_scalar("SELECT id FROM tally_migrations")
+        .fetch_all(pool)
+        .await
+    {
+        Ok(done) => done,
+        Err(e) => {
+            let e = SinkError::postgres("reading applied migrations", e);
+            if e.is_missing_schema() {
+                Vec::new()
+            } else {
+                return Err(e);
+            }
+        }
+    };
+    Ok(MIGRATIONS
+        .iter()
+        .filter(|(id, _, _)| !done.contains(id))
+        .map(|&(_, name, _)| name)
+        .collect())
 }
