@@ -83,6 +83,8 @@ pub struct DeadLetters {
     max_message_bytes: usize,
     pending: BTreeMap<Source, DeadLetter>,
     pending_bytes: usize,
+    /// This writer's share of the `tally_dlq_pending` gauge (every worker adds its own).
+    reported: i64,
 }
 
 impl DeadLetters {
@@ -97,6 +99,7 @@ impl DeadLetters {
             max_message_bytes: config.max_message_bytes,
             pending: BTreeMap::new(),
             pending_bytes: 0,
+            reported: 0,
         })
     }
 
@@ -145,9 +148,9 @@ impl DeadLetters {
             }
         }
         self.send_due();
-        Metrics::get()
-            .dlq_pending
-            .set(i64::try_from(self.pending.len()).unwrap_or(i64::MAX));
+        let pending = i64::try_from(self.pending.len()).unwrap_or(i64::MAX);
+        Metrics::get().dlq_pending.add(pending - self.reported);
+        self.reported = pending;
         Ok(settled)
     }
 
