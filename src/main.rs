@@ -191,15 +191,17 @@ fn run_pipeline(
 }
 
 /// The pipeline and the API in one process, with one fate: when either stops (a fatal error,
-/// or the API failing to bind), the other stops too and the process exits with the first
-/// error's code. While the pipeline is not running, `/readyz` answers 503.
+/// or the API failing), the other stops too and the process exits with the first error's code.
+/// The listener is bound before the pipeline starts (a taken port fails fast, exit 78); the API
+/// keeps serving while the pipeline drains (`/readyz` says `draining`) and stops after it.
 fn run_all(config: &TallyConfig, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal(runtime);
     let health = Health::default();
     let mut state = runtime.block_on(app_state(config))?;
     state.pipeline = Some(health.clone());
-    let api_stop = Arc::clone(&shutdown);
-    let api_config = config.clone();
+    let listener = runtime.block_on(bind(config))?;
+    let pipeline_done = Arc::new(AtomicBool::new(false));
+    let api_stop = Arc::clone(&pipeline_done);
     let api_failed = Arc::clone(&shutdown);
     let api = runtime.spawn(async move {
         let stop = async move {
@@ -207,10 +209,10 @@ fn run_all(config: &TallyConfig, runtime: &tokio::runtime::Runtime) -> anyhow::R
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         };
-        let result = serve(&api_config, state, stop).await;
+        let result = tally_api::serve(listener, tally_api::router(state), stop).await;
         // An API that cannot serve stops the pipeline too: one process, one fate.
         api_failed.store(true, Ordering::SeqCst);
-        result
+        result.context("serving the api")
     });
     let result = run_pipeline(
         config,
@@ -218,7 +220,7 @@ fn run_all(config: &TallyConfig, runtime: &tokio::runtime::Runtime) -> anyhow::R
         Arc::clone(&shutdown),
         health,
     );
-    shutdown.store(true, Ordering::SeqCst);
+    pipeline_done.store(true, Ordering::SeqCst);
     let served = runtime.block_on(api).context("api task")?;
     result.and(served)
 }
@@ -245,6 +247,14 @@ async fn serve(
     state: AppState,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let listener = bind(config).await?;
+    tally_api::serve(listener, tally_api::router(state), stop).await?;
+    Ok(())
+}
+
+/// Binds `api.listen`; failing is a configuration error (exit 78): the address is taken or
+/// not this host's.
+async fn bind(config: &TallyConfig) -> anyhow::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(&config.api.listen)
         .await
         .with_context(|| {
@@ -252,10 +262,10 @@ async fn serve(
                 "binding {} (set api.listen or TALLY_API__LISTEN)",
                 config.api.listen
             )
-        })?;
+        })
+        .context(InvalidConfig)?;
     tracing::info!(address = %listener.local_addr()?, "api listening");
-    tally_api::serve(listener, tally_api::router(state), stop).await?;
-    Ok(())
+    Ok(listener)
 }
 
 /// A flag set by Ctrl-C or SIGTERM. A second signal exits at once (code 130), without the

@@ -12,8 +12,9 @@
 //!   30 s) for as long as it takes; meanwhile reading goes on, only the offset waits.
 //!
 //! Headers: `tally.dlq.reason` (the validation error, at most 1 KiB), `tally.dlq.source.partition`,
-//! `tally.dlq.source.offset`, `tally.dlq.original.size` (value bytes as read) and, when cut,
-//! `tally.dlq.truncated` (`true`) and `tally.dlq.original.key.size` (a key over 1 KiB is dropped).
+//! `tally.dlq.source.offset`, `tally.dlq.original.size` (value bytes as read), `tally.dlq.truncated`
+//! (`true`, only when the value was cut) and `tally.dlq.original.key.size` (only when a key over
+//! 1 KiB was dropped).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -296,7 +297,8 @@ impl<'a> Letter<'a> {
         letter.truncated = true;
         let overhead = record_bytes(key.map_or(0, <[u8]>::len), 0) + letter.header_bytes();
         let room = limit.saturating_sub(overhead).min(dl.budget);
-        letter.truncated = dl.payload.len() > room || original_key_size.is_some();
+        // `truncated` speaks of the value; a dropped key has its own header.
+        letter.truncated = dl.payload.len() > room;
         letter.value = &dl.payload[..dl.payload.len().min(room)];
         letter
     }
@@ -410,6 +412,7 @@ mod tests {
         let dl = letter(10, Some(2_000_000), usize::MAX);
         let l = Letter::new((0, 1), &dl, 1_000_000);
         assert!(l.key.is_none());
+        assert!(!l.truncated, "the value is whole");
         assert!(size(&l) <= 1_000_000);
         assert!(l
             .header_values()

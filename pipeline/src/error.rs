@@ -135,6 +135,7 @@ impl ExitClass {
         match e {
             SinkError::Config { .. } => ExitClass::Config,
             SinkError::Fenced { .. } => ExitClass::Conflict,
+            e if e.is_auth_error() => ExitClass::Config,
             e if e.is_missing_schema() => ExitClass::Config,
             e if e.class() == ErrorClass::Retry => ExitClass::Unavailable,
             _ => ExitClass::Bug,

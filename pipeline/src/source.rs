@@ -73,6 +73,8 @@ pub struct KafkaSource {
     owed: PendingOffsets,
     next_offsets: BTreeMap<i32, i64>,
     replay_until: HashMap<i32, i64>,
+    /// Per partition: invalid messages below this offset were dead-lettered before a stop.
+    dlq_until: HashMap<i32, i64>,
     start_offsets: HashMap<i32, i64>,
 }
 
@@ -95,11 +97,13 @@ impl KafkaSource {
             .map_err(|e| PipelineError::kafka("creating the consumer", e))?;
         let mut tpl = TopicPartitionList::new();
         let mut replay_until = HashMap::new();
+        let mut dlq_until = HashMap::new();
         let mut start_offsets = HashMap::new();
         for &p in partitions {
             let saved = progress.offsets.get(&(config.topic.clone(), p));
             let offset = saved.map_or(Offset::Beginning, |s| Offset::Offset(s.next_offset));
             replay_until.insert(p, saved.map_or(0, |s| s.read_until));
+            dlq_until.insert(p, saved.map_or(0, |s| s.dlq_until));
             if let Some(s) = saved {
                 start_offsets.insert(p, s.next_offset);
             }
@@ -118,6 +122,7 @@ impl KafkaSource {
             owed: PendingOffsets::default(),
             next_offsets: BTreeMap::new(),
             replay_until,
+            dlq_until,
             start_offsets,
         })
     }
@@ -171,15 +176,17 @@ impl KafkaSource {
                 }
                 Err(reason) => {
                     // Owed nothing to ClickHouse; held back by the DLQ until acknowledged
-                    // (see `committable`).
+                    // (see `committable`). A replay skips what was dead-lettered before.
                     self.owed.read(p, o, None);
-                    let payload = msg.payload().unwrap_or_default();
-                    self.dlq
-                        .push((p, o), payload, msg.key(), &reason.to_string());
-                    Metrics::get()
-                        .dlq
-                        .with_label_values(&[reason.label()])
-                        .inc();
+                    if self.dlq_until.get(&p).is_none_or(|&d| o >= d) {
+                        let payload = msg.payload().unwrap_or_default();
+                        self.dlq
+                            .push((p, o), payload, msg.key(), &reason.to_string());
+                        Metrics::get()
+                            .dlq
+                            .with_label_values(&[reason.label()])
+                            .inc();
+                    }
                     self.watermarks.touch(p, now_ms);
                 }
             }
@@ -252,17 +259,24 @@ impl KafkaSource {
         self.owed
             .committable(frontier)
             .into_iter()
-            .map(|(partition, next_offset)| PartitionProgress {
-                partition,
-                next_offset: self
-                    .dlq
-                    .first_pending(partition)
-                    .map_or(next_offset, |o| o.min(next_offset)),
-                read_until: self
+            .map(|(partition, next_offset)| {
+                let read_until = self
                     .next_offsets
                     .get(&partition)
                     .copied()
-                    .unwrap_or(next_offset),
+                    .unwrap_or(next_offset);
+                // Every invalid message read so far was handed to the DLQ: those below the
+                // first unacknowledged one are done.
+                let dlq_until = self
+                    .dlq
+                    .first_pending(partition)
+                    .map_or(read_until, |o| o.min(read_until));
+                PartitionProgress {
+                    partition,
+                    next_offset: next_offset.min(dlq_until),
+                    read_until,
+                    dlq_until,
+                }
             })
             .collect()
     }

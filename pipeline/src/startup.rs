@@ -82,6 +82,16 @@ fn unavailable(service: &'static str, address: &str, e: SinkError) -> PipelineEr
             what: format!("{service} schema ({e})"),
         };
     }
+    if e.is_auth_error() {
+        let field = match service {
+            "clickhouse" => "clickhouse.user/clickhouse.password",
+            _ => "postgres.url",
+        };
+        return PipelineError::Config {
+            field,
+            reason: format!("{service} at {address} refused the credentials or database: {e}"),
+        };
+    }
     match e {
         e @ SinkError::Config { .. } => PipelineError::Sink(e),
         e => PipelineError::Unavailable {

@@ -60,6 +60,15 @@ const RETRYABLE_CLICKHOUSE_CODES: &[u32] = &[241, 202, 252, 159, 209, 210, 242];
 /// column (16), table (60) or database (81).
 const MISSING_SCHEMA_CLICKHOUSE_CODES: &[u32] = &[16, 60, 81];
 
+/// ClickHouse error codes meaning the credentials or the user's rights are wrong: unknown user
+/// (192), wrong password (193), password required (194), access denied (497), authentication
+/// failed (516).
+const AUTH_CLICKHOUSE_CODES: &[u32] = &[192, 193, 194, 497, 516];
+
+/// PostgreSQL SQLSTATEs meaning the connection settings are wrong: invalid authorization
+/// (class 28: unknown role, wrong password) and a database that does not exist (3D000).
+const AUTH_POSTGRES_STATES: &[&str] = &["28000", "28P01", "3D000"];
+
 /// PostgreSQL SQLSTATEs meaning the schema is missing: undefined table, undefined column.
 const MISSING_SCHEMA_POSTGRES_STATES: &[&str] = &["42P01", "42703"];
 
@@ -104,6 +113,24 @@ impl SinkError {
             } => db
                 .code()
                 .is_some_and(|c| MISSING_SCHEMA_POSTGRES_STATES.contains(&c.as_ref())),
+            _ => false,
+        }
+    }
+
+    /// Whether the error says the credentials, the user's rights or the database named in the
+    /// settings are wrong: a configuration error, which retrying cannot fix.
+    pub fn is_auth_error(&self) -> bool {
+        match self {
+            SinkError::ClickHouse {
+                source: ::clickhouse::error::Error::BadResponse(text),
+                ..
+            } => clickhouse_code(text).is_some_and(|c| AUTH_CLICKHOUSE_CODES.contains(&c)),
+            SinkError::Postgres {
+                source: sqlx::Error::Database(db),
+                ..
+            } => db
+                .code()
+                .is_some_and(|c| AUTH_POSTGRES_STATES.contains(&c.as_ref())),
             _ => false,
         }
     }
@@ -163,6 +190,12 @@ mod tests {
             err("Code: 60. DB::Exception: Table tally.events doesn't exist").is_missing_schema()
         );
         assert!(!err("Code: 62. DB::Exception: Syntax error").is_missing_schema());
+        assert!(
+            err("Code: 193, e.displayText() = DB::Exception: Wrong password for user default")
+                .is_auth_error()
+        );
+        assert!(err("Code: 516. DB::Exception: default: Authentication failed").is_auth_error());
+        assert!(!err("Code: 60. DB::Exception: Table x doesn't exist").is_auth_error());
         assert_eq!(err("proxy said 502").class(), ErrorClass::Retry);
     }
 }

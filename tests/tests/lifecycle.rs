@@ -45,24 +45,32 @@ struct DeadLetter {
     headers: HashMap<String, String>,
 }
 
-/// Reads every record of the test's DLQ topic.
-fn read_dlq(st: &Stack, expect: usize) -> anyhow::Result<Vec<DeadLetter>> {
+/// Reads every record of the test's DLQ topic (as many as its partitions' high watermarks say;
+/// failing if fewer than `at_least`).
+fn read_dlq(st: &Stack, at_least: usize) -> anyhow::Result<Vec<DeadLetter>> {
     let consumer: BaseConsumer = tally_pipeline::kafka::client_config(&st.settings.kafka)
         .set("group.id", format!("dlq-reader-{}", unique_tag()))
         .set("fetch.message.max.bytes", "2000000")
         .create()?;
+    let topic = &st.settings.kafka.dlq_topic;
     let mut tpl = TopicPartitionList::new();
-    let metadata =
-        consumer.fetch_metadata(Some(&st.settings.kafka.dlq_topic), Duration::from_secs(10))?;
+    let mut total = 0;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     for t in metadata.topics() {
         for p in t.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            total += usize::try_from(high - low)?;
             tpl.add_partition_offset(t.name(), p.id(), Offset::Beginning)?;
         }
     }
+    ensure!(
+        total >= at_least,
+        "{total} dead letters, want at least {at_least}"
+    );
     consumer.assign(&tpl)?;
     let mut out = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while out.len() < expect && std::time::Instant::now() < deadline {
+    while out.len() < total && std::time::Instant::now() < deadline {
         if let Some(msg) = consumer.poll(Duration::from_millis(200)) {
             let msg = msg?;
             let headers = msg
@@ -173,6 +181,40 @@ fn poison_messages_are_dead_lettered_truncated_and_the_pipeline_goes_on() -> any
         .join()
         .map_err(|_| anyhow!("pipeline thread panicked"))?;
     joined.context("pipeline ended with an error")?;
+
+    // A restart re-reads the poison messages (offsets are committed a day behind) but does not
+    // dead-letter them again. One valid event behind each of them, on the same key (so the
+    // same partition), shows when they have been re-read.
+    let (stop, handle) = start_pipeline(&st.settings, &rt);
+    let keys: [&[u8]; 3] = [b"user-1", b"user-2", &[b'k'; 4096]];
+    for (i, key) in keys.iter().enumerate() {
+        let e = Ev {
+            id: Some(format!("behind-poison-{i}")),
+            event_type: "click".into(),
+            user: format!("behind-{i}"),
+            session: None,
+            ts_ms: start + 90_000 + i as u64,
+        };
+        rt.block_on(produce_raw(&st, key, e.json().to_string().as_bytes()))?;
+        all.push(e);
+    }
+    let verdict = rt.block_on(eventually(
+        "events behind the poison counted after a restart",
+        Duration::from_secs(60),
+        || check_summary(&st, &all, from, to),
+    ));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let joined = handle
+        .join()
+        .map_err(|_| anyhow!("pipeline thread panicked"))?;
+    verdict?;
+    joined.context("pipeline ended with an error after the restart")?;
+    let again = read_dlq(&st, 3)?;
+    ensure!(
+        again.len() == 3,
+        "{} dead letters after a restart, want the same 3",
+        again.len()
+    );
     teardown(&rt, &st)
 }
 
@@ -427,4 +469,26 @@ fn messages_deleted_by_retention_before_they_were_read_are_reported() -> anyhow:
     verdict?;
     joined?;
     teardown(&rt, &st)
+}
+
+#[test]
+fn wrong_credentials_are_a_config_error_not_an_outage() -> anyhow::Result<()> {
+    if !enabled("wrong_credentials_are_a_config_error_not_an_outage") {
+        return Ok(());
+    }
+    let st = tally_tests::harness::stack(&unique_tag());
+    let (code, stderr) = run_to_exit(&st, &[("TALLY_CLICKHOUSE__PASSWORD", "\"wrong\"")])?;
+    ensure!(
+        code == Some(78),
+        "clickhouse password: exit {code:?}: {stderr}"
+    );
+    ensure!(
+        stderr.contains("clickhouse.user/clickhouse.password"),
+        "{stderr}"
+    );
+    let bad_role = st.settings.postgres.url.replacen("tally@", "nobody@", 1);
+    let (code, stderr) = run_to_exit(&st, &[("TALLY_POSTGRES__URL", &bad_role)])?;
+    ensure!(code == Some(78), "postgres role: exit {code:?}: {stderr}");
+    ensure!(stderr.contains("postgres.url"), "{stderr}");
+    Ok(())
 }

@@ -20,6 +20,9 @@ pub struct PartitionProgress {
     pub next_offset: i64,
     /// One past the largest offset read so far; what lies between the two is replayed.
     pub read_until: i64,
+    /// Every message below this offset that was not a valid event has its dead letter
+    /// acknowledged by Kafka: a replay does not dead-letter it again.
+    pub dlq_until: i64,
 }
 
 /// Saved progress of one pipeline.
@@ -33,8 +36,8 @@ pub struct Progress {
 
 /// Loads the progress of `pipeline`.
 pub async fn load_progress(pool: &PgPool, pipeline: &str) -> Result<Progress, SinkError> {
-    let rows: Vec<(String, i32, i64, i64)> = sqlx::query_as(
-        "SELECT topic, partition, next_offset, read_until FROM pipeline_offsets WHERE pipeline = $1",
+    let rows: Vec<(String, i32, i64, i64, i64)> = sqlx::query_as(
+        "SELECT topic, partition, next_offset, read_until, dlq_until FROM pipeline_offsets WHERE pipeline = $1",
     )
     .bind(pipeline)
     .fetch_all(pool)
@@ -49,11 +52,12 @@ pub async fn load_progress(pool: &PgPool, pipeline: &str) -> Result<Progress, Si
     Ok(Progress {
         offsets: rows
             .into_iter()
-            .map(|(topic, partition, next_offset, read_until)| {
+            .map(|(topic, partition, next_offset, read_until, dlq_until)| {
                 let saved = PartitionProgress {
                     partition,
                     next_offset,
                     read_until,
+                    dlq_until,
                 };
                 ((topic, partition), saved)
             })
@@ -98,11 +102,12 @@ pub async fn save_progress(
     }
     for o in offsets {
         sqlx::query(
-            "INSERT INTO pipeline_offsets (pipeline, topic, partition, next_offset, read_until)
-             VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO pipeline_offsets (pipeline, topic, partition, next_offset, read_until, dlq_until)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (pipeline, topic, partition)
              DO UPDATE SET next_offset = GREATEST(pipeline_offsets.next_offset, EXCLUDED.next_offset),
                            read_until = GREATEST(pipeline_offsets.read_until, EXCLUDED.read_until),
+                           dlq_until = GREATEST(pipeline_offsets.dlq_until, EXCLUDED.dlq_until),
                            updated_at = now()",
         )
         .bind(pipeline)
@@ -110,6 +115,7 @@ pub async fn save_progress(
         .bind(o.partition)
         .bind(o.next_offset)
         .bind(o.read_until)
+        .bind(o.dlq_until)
         .execute(&mut *tx)
         .await
         .map_err(ctx("saving offsets"))?;

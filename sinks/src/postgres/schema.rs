@@ -42,6 +42,13 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
                 acquired_at TIMESTAMPTZ NOT NULL DEFAULT now()
             )",
     ),
+    (
+        4,
+        "dead letters acknowledged before a stop",
+        // Invalid messages below `dlq_until` were dead-lettered (and acknowledged) before the
+        // pipeline stopped; a replay skips them instead of dead-lettering them again.
+        "ALTER TABLE pipeline_offsets ADD COLUMN IF NOT EXISTS dlq_until BIGINT NOT NULL DEFAULT 0",
+    ),
 ];
 
 /// Applies every migration not yet recorded, each in its own transaction. Idempotent.
@@ -62,6 +69,21 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<&'static str>, SinkError> {
     let mut applied = Vec::new();
     for &(id, name, sql) in MIGRATIONS.iter().filter(|(id, _, _)| !done.contains(id)) {
         let mut tx = pool.begin().await.map_err(ctx("starting a migration"))?;
+        // Two `migrate` calls at once (two processes starting together) take turns; the second
+        // finds the migration recorded and skips it.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('tally.migrations', 0))")
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx("locking the migrations"))?;
+        let recorded: Option<i32> =
+            sqlx::query_scalar("SELECT id FROM tally_migrations WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(ctx("reading applied migrations"))?;
+        if recorded.is_some() {
+            continue;
+        }
         sqlx::raw_sql(sql)
             .execute(&mut *tx)
             .await
