@@ -7,9 +7,10 @@ use anyhow::{anyhow, bail, Context as _};
 use serde::de::DeserializeOwned;
 use tally_api::ApiConfig;
 use tally_pipeline::kafka::KafkaConfig;
-use tally_pipeline::PipelineConfig;
+use tally_pipeline::{PipelineConfig, PipelineError};
 use tally_sinks::clickhouse::ClickHouseConfig;
 use tally_sinks::postgres::PostgresConfig;
+use tally_sinks::SinkError;
 
 /// The whole configuration.
 #[derive(Clone, Debug)]
@@ -29,7 +30,7 @@ pub fn load(
     path: Option<&Path>,
     env: impl Iterator<Item = (String, String)>,
 ) -> anyhow::Result<TallyConfig> {
-    let mut table = match path {
+    let table = match path {
         Some(p) => read(p)?,
         None if Path::new("tally.toml").exists() => read(Path::new("tally.toml"))?,
         None => toml::Table::new(),
@@ -40,6 +41,7 @@ pub fn load(
             SECTIONS.join(", ")
         );
     }
+    let mut overrides = Vec::new();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("TALLY_") else {
             continue;
@@ -51,31 +53,54 @@ pub fn load(
         if !SECTIONS.contains(&section.as_str()) {
             bail!("config: environment variable {name}: unknown section `{section}`");
         }
-        let value = parse_env_value(&raw);
-        let entry = table
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(t) = entry else {
-            bail!("config: `{section}` must be a table")
-        };
-        t.insert(key, value);
+        overrides.push(EnvOverride {
+            section,
+            key,
+            var: name,
+            raw,
+        });
     }
     let config = TallyConfig {
-        kafka: section(&table, "kafka")?,
-        clickhouse: section(&table, "clickhouse")?,
-        postgres: section(&table, "postgres")?,
-        pipeline: section(&table, "pipeline")?,
-        api: section(&table, "api")?,
+        kafka: section(&table, "kafka", &overrides)?,
+        clickhouse: section(&table, "clickhouse", &overrides)?,
+        postgres: section(&table, "postgres", &overrides)?,
+        pipeline: section(&table, "pipeline", &overrides)?,
+        api: section(&table, "api", &overrides)?,
     };
-    config.kafka.validate()?;
-    config.clickhouse.validate()?;
-    config.postgres.validate()?;
-    config.pipeline.validate()?;
+    // Validation errors name the key; add the variable when the value came from one.
+    let origin = |field: &str| {
+        overrides
+            .iter()
+            .rev()
+            .find(|o| field.split_once('.') == Some((&o.section, &o.key)))
+            .map(|o| format!(" (environment variable {})", o.var))
+            .unwrap_or_default()
+    };
+    let pipeline_err = |e: PipelineError| match &e {
+        PipelineError::Config { field, .. } => anyhow!("{e}{}", origin(field)),
+        _ => e.into(),
+    };
+    let sink_err = |e: SinkError| match &e {
+        SinkError::Config { field, .. } => anyhow!("{e}{}", origin(field)),
+        _ => e.into(),
+    };
+    config.kafka.validate().map_err(pipeline_err)?;
+    config.clickhouse.validate().map_err(sink_err)?;
+    config.postgres.validate().map_err(sink_err)?;
+    config.pipeline.validate().map_err(pipeline_err)?;
     config
         .api
         .validate()
-        .map_err(|(field, reason)| anyhow!("config: `{field}`: {reason}"))?;
+        .map_err(|(field, reason)| anyhow!("config: `{field}`: {reason}{}", origin(field)))?;
     Ok(config)
+}
+
+/// One `TALLY_<SECTION>__<KEY>` variable (section and key lowercased).
+struct EnvOverride {
+    section: String,
+    key: String,
+    var: String,
+    raw: String,
 }
 
 fn read(path: &Path) -> anyhow::Result<toml::Table> {
@@ -85,7 +110,8 @@ fn read(path: &Path) -> anyhow::Result<toml::Table> {
         .map_err(|e| anyhow!("config: {}: {e}", path.display()))
 }
 
-/// An override is a TOML value when it parses as one (numbers, booleans), else a string.
+/// An override for a key that does not take a string: a TOML value when it parses as one
+/// (numbers, booleans), else a string (which the key then rejects).
 fn parse_env_value(raw: &str) -> toml::Value {
     format!("v = {raw}")
         .parse::<toml::Table>()
@@ -94,14 +120,53 @@ fn parse_env_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
-fn section<T: DeserializeOwned + Default>(table: &toml::Table, name: &str) -> anyhow::Result<T> {
-    match table.get(name) {
-        None => Ok(T::default()),
-        Some(v) => v
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow!("config: [{name}]: {}", e.message())),
+/// Section `name` of the file with the environment overrides applied. A key that takes a string
+/// gets the variable's value as written (`TALLY_CLICKHOUSE__PASSWORD=12345` is the string
+/// "12345"); any other key gets it parsed as a TOML value. An error names the key and, for an
+/// override, the variable.
+fn section<T: DeserializeOwned>(
+    file: &toml::Table,
+    name: &str,
+    overrides: &[EnvOverride],
+) -> anyhow::Result<T> {
+    let mut table = match file.get(name) {
+        None => toml::Table::new(),
+        Some(toml::Value::Table(t)) => t.clone(),
+        Some(other) => bail!("config: `{name}` must be a table, not {}", other.type_str()),
+    };
+    let mut from_env = std::collections::HashMap::new();
+    for o in overrides.iter().filter(|o| o.section == name) {
+        let as_string = toml::Value::String(o.raw.clone());
+        let value = if deserialize::<T>(&o.key, &as_string).is_ok() {
+            as_string
+        } else {
+            parse_env_value(&o.raw)
+        };
+        table.insert(o.key.clone(), value);
+        from_env.insert(o.key.as_str(), o.var.as_str());
     }
+    let error = match toml::Value::Table(table.clone()).try_into::<T>() {
+        Ok(config) => return Ok(config),
+        Err(e) => e,
+    };
+    // Find the key at fault: the first one that does not deserialize on its own.
+    for (key, value) in &table {
+        if let Err(e) = deserialize::<T>(key, value) {
+            let origin = from_env
+                .get(key.as_str())
+                .map(|var| format!(" (environment variable {var})"))
+                .unwrap_or_default();
+            bail!("config: `{name}.{key}`{origin}: {}", e.message());
+        }
+    }
+    bail!("config: [{name}]: {}", error.message())
+}
+
+/// Deserializes a section holding only `key = value` (every other key at its default).
+fn deserialize<T: DeserializeOwned>(key: &str, value: &toml::Value) -> Result<T, toml::de::Error> {
+    let mut table = toml::Table::new();
+    table.insert(key.to_owned(), value.clone());
+    toml::Value::Table(table).try_into()
 }
 
 #[cfg(test)]
@@ -142,11 +207,11 @@ mod tests {
         let e = load_str("[kafka]\nbrokerz = \"x\"\n", &[])
             .expect_err("unknown key")
             .to_string();
-        assert!(e.contains("brokerz") && e.contains("[kafka]"), "{e}");
+        assert!(e.contains("kafka.brokerz"), "{e}");
         let e = load_str("[pipeline]\nworkers = \"two\"\n", &[])
             .expect_err("bad type")
             .to_string();
-        assert!(e.contains("[pipeline]"), "{e}");
+        assert!(e.contains("pipeline.workers"), "{e}");
         let e = load_str("[pipeline]\nworkers = 0\n", &[])
             .expect_err("bad value")
             .to_string();
@@ -163,5 +228,93 @@ mod tests {
             .expect_err("bad env section")
             .to_string();
         assert!(e.contains("TALLY_NOPE__X"), "{e}");
+    }
+
+    #[test]
+    fn env_values_for_string_fields_stay_strings() {
+        let c = load_str(
+            "",
+            &[
+                ("TALLY_CLICKHOUSE__PASSWORD", "12345"),
+                ("TALLY_CLICKHOUSE__USER", "true"),
+                ("TALLY_PIPELINE__NAME", "2024"),
+                ("TALLY_KAFKA__GROUP_ID", "1.5"),
+                ("TALLY_CLICKHOUSE__DATABASE", "[x]"),
+                // Numbers and booleans for numeric fields keep working next to them.
+                ("TALLY_CLICKHOUSE__BATCH_ROWS", "500"),
+                ("TALLY_PIPELINE__WORKERS", "4"),
+            ],
+        );
+        let e = c.expect_err("`[x]` is no database name").to_string();
+        assert!(
+            e.contains("clickhouse.database") && e.contains("TALLY_CLICKHOUSE__DATABASE"),
+            "{e}"
+        );
+        let c = load_str(
+            "[clickhouse]\nuser = \"u\"\n",
+            &[
+                ("TALLY_CLICKHOUSE__PASSWORD", "12345"),
+                ("TALLY_CLICKHOUSE__USER", "true"),
+                ("TALLY_PIPELINE__NAME", "2024"),
+                ("TALLY_KAFKA__GROUP_ID", "1.5"),
+                ("TALLY_POSTGRES__URL", "postgres://u:\"x\"@h/db"),
+                ("TALLY_CLICKHOUSE__BATCH_ROWS", "500"),
+                ("TALLY_PIPELINE__WORKERS", "4"),
+                ("TALLY_PIPELINE__ON_RETENTION_GAP", "skip"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.clickhouse.password, "12345");
+        assert_eq!(c.clickhouse.user, "true");
+        assert_eq!(c.pipeline.name, "2024");
+        assert_eq!(c.kafka.group_id, "1.5");
+        assert_eq!(c.postgres.url, "postgres://u:\"x\"@h/db");
+        assert_eq!(c.clickhouse.batch_rows, 500);
+        assert_eq!(c.pipeline.workers, 4);
+        assert_eq!(
+            c.pipeline.on_retention_gap,
+            tally_pipeline::RetentionGapPolicy::Skip
+        );
+    }
+
+    #[test]
+    fn env_errors_name_the_key_and_the_variable() {
+        let e = load_str("", &[("TALLY_PIPELINE__WORKERS", "two")])
+            .expect_err("bad type")
+            .to_string();
+        assert!(
+            e.contains("pipeline.workers") && e.contains("TALLY_PIPELINE__WORKERS"),
+            "{e}"
+        );
+        let e = load_str("", &[("TALLY_CLICKHOUSE__PASSWD", "12345")])
+            .expect_err("unknown key")
+            .to_string();
+        assert!(
+            e.contains("clickhouse.passwd") && e.contains("TALLY_CLICKHOUSE__PASSWD"),
+            "{e}"
+        );
+        let e = load_str("", &[("TALLY_CLICKHOUSE__BATCH_ROWS", "true")])
+            .expect_err("bad type")
+            .to_string();
+        assert!(
+            e.contains("clickhouse.batch_rows") && e.contains("TALLY_CLICKHOUSE__BATCH_ROWS"),
+            "{e}"
+        );
+        let e = load_str("", &[("TALLY_API__LISTEN", "not-an-address")])
+            .expect_err("bad value")
+            .to_string();
+        assert!(
+            e.contains("api.listen") && e.contains("TALLY_API__LISTEN"),
+            "{e}"
+        );
+        // A key from the file is named too, without a variable.
+        let e = load_str(
+            "[clickhouse]\nbatch_rows = \"many\"\n",
+            &[("TALLY_CLICKHOUSE__PASSWORD", "x")],
+        )
+        .expect_err("bad type")
+        .to_string();
+        assert!(e.contains("clickhouse.batch_rows"), "{e}");
+        assert!(!e.contains("TALLY_"), "{e}");
     }
 }

@@ -200,7 +200,8 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::UnsupportedMediaType(
-            "Content-Type must be application/json".into(),
+            "Content-Type must be application/json, application/*+json or text/plain (or absent)"
+                .into(),
         ))
     }
 }

@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/reports", get(reports::get_report))
         .route("/reports/", get(reports::get_report))
         .route("/reports/summary", get(reports::get_summary))
+        .route("/reports/summary/", get(reports::get_summary))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -327,7 +327,7 @@ async fn every_error_answer_is_json() {
         )
         .await,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "Content-Type must be application/json",
+        "Content-Type must be application/json, application/*+json or text/plain",
     );
     assert_json_error(
         request(
@@ -338,7 +338,7 @@ async fn every_error_answer_is_json() {
         )
         .await,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "Content-Type must be application/json",
+        "Content-Type must be application/json, application/*+json or text/plain",
     );
     assert_json_error(
         request("POST", "/events", &json, b"{\"a\":".to_vec()).await,

@@ -103,6 +103,13 @@ async fn reports_validate_before_querying_and_report_an_unavailable_store() {
     let (status, _) =
         get("/reports/summary?from=2024-03-13T11:00:00Z&to=2024-03-13T10:00:00Z").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A trailing slash reaches the summary too, as it does the report.
+    let (status, body) =
+        get("/reports/summary/?from=2024-03-13T11:00:00Z&to=2024-03-13T10:00:00Z").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) =
+        get("/reports/summary/?from=2024-03-13T10:00:00Z&to=2024-03-13T11:00:00Z").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
 }
 
 #[tokio::test]

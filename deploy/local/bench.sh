@@ -11,6 +11,10 @@
 # Uses its own topic, ClickHouse database and pipeline name; the local stack must be up.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+REPO_ROOT=$(pwd)
+# Where `cargo build` puts the binary (a relative CARGO_TARGET_DIR is relative to the repo root).
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
+[[ $TARGET_DIR == /* ]] || TARGET_DIR=$REPO_ROOT/$TARGET_DIR
 N=${1:-200000}
 TAG=bench_$(date +%s)
 CH=${TALLY_CLICKHOUSE__URL:-http://127.0.0.1:8123}
@@ -21,17 +25,17 @@ ch() { curl -sS --data-binary "$1" "$CH/?database=$TAG"; }
 now_ms() { date +%s%3N; }
 
 cargo build --release -q
-bin=target/release/tally
-$bin migrate >/dev/null
+bin=$TARGET_DIR/release/tally
+"$bin" migrate >/dev/null
 start=$(date -u -d '-2 hours' +%Y-%m-%dT%H:00:00Z)
 echo "== produce $N events (event time from $start, 1 ms apart) into $TAG"
 t0=$(now_ms)
-$bin produce --count "$N" --rate 0 --start "$start" --seed 7 --disorder-ms 2000 >/dev/null
+"$bin" produce --count "$N" --rate 0 --start "$start" --seed 7 --disorder-ms 2000 >/dev/null
 t1=$(now_ms)
 echo "produce: $N events in $(( t1 - t0 )) ms ($(( N * 1000 / (t1 - t0 + 1) )) events/s)"
 
 echo "== pipeline: $bin run (workers=${TALLY_PIPELINE__WORKERS:-2})"
-$bin run & pid=$!
+"$bin" run & pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
 t2=$(now_ms)
 until [ "$(ch 'SELECT count() FROM events')" -ge "$N" ] 2>/dev/null; do sleep 0.2; done

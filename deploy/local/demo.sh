@@ -8,12 +8,14 @@
 #           the background; print a sample report and where everything is.
 #           Processes already started by an earlier `start` are kept.
 #   stop    stop `tally produce` and `tally all` (which drains to ClickHouse
-#           and saves progress first), then stack.sh down.
+#           and saves progress first), then stack.sh down if `start` started
+#           the stack (a stack that was already running is left running).
 #   status  show the demo's processes and the stack.
 #
 # Environment: everything stack.sh reads (TALLY_HOME, TALLY_KAFKA_PORT, ...)
 # and Tally's own overrides TALLY_<SECTION>__<KEY>; TALLY_API__LISTEN
 # (default 127.0.0.1:8080) is also where this script looks for the API.
+# The binary is $CARGO_TARGET_DIR/release/tally (default target/ in the repo).
 # Logs: $TALLY_HOME/log/{tally,produce}.log; pids: $TALLY_HOME/run/.
 set -euo pipefail
 
@@ -27,10 +29,16 @@ TALLY_HOME=$(cd "$TALLY_HOME" && pwd)
 RUN_DIR=$TALLY_HOME/run
 LOG_DIR=$TALLY_HOME/log
 STOP_TIMEOUT=150 # `tally all` may spend up to 120 s draining to ClickHouse
-BIN=$REPO_ROOT/target/release/tally
+# Where `cargo build` puts the binary; a relative CARGO_TARGET_DIR is relative to the repo root
+# (where the build runs).
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
+[[ $TARGET_DIR == /* ]] || TARGET_DIR=$REPO_ROOT/$TARGET_DIR
+BIN=$TARGET_DIR/release/tally
 STACK=(bash "$DEPLOY_DIR/stack.sh")
 TALLY_PIDFILE=$RUN_DIR/tally.pid
 PRODUCE_PIDFILE=$RUN_DIR/produce.pid
+# Present while the stack runs because `demo.sh start` started it: only then does `stop` stop it.
+STACK_MARKER=$RUN_DIR/demo-started-stack
 TALLY_LOG=$LOG_DIR/tally.log
 PRODUCE_LOG=$LOG_DIR/produce.log
 
@@ -137,8 +145,14 @@ print_sample() {
 
 cmd_start() {
     step "local stack (Kafka, ClickHouse, PostgreSQL)"
-    "${STACK[@]}" up
     mkdir -p "$RUN_DIR" "$LOG_DIR"
+    if "${STACK[@]}" status >/dev/null 2>&1; then
+        echo "already running: using it; demo.sh stop will leave it running"
+    else
+        # Written before `up`, so `stop` also stops a half-started stack.
+        : >"$STACK_MARKER"
+    fi
+    "${STACK[@]}" up
 
     step "cargo build --release (the first build compiles librdkafka: several minutes)"
     cargo build --release
@@ -156,13 +170,15 @@ cmd_start() {
     sleep 15
     print_sample
 
+    local stops="tally, produce and the stack"
+    [[ -e $STACK_MARKER ]] || stops="tally and produce; the stack was already running and stays"
     cat <<EOF
 
 Tally is running.
   API        $API   (POST /events, GET /reports, GET /reports/summary, GET /healthz)
   metrics    $API/metrics
   logs       $TALLY_LOG, $PRODUCE_LOG, services in $LOG_DIR/
-  stop       bash deploy/local/demo.sh stop    (stops tally, produce and the stack)
+  stop       bash deploy/local/demo.sh stop    (stops $stops)
 EOF
 }
 
@@ -183,7 +199,12 @@ cmd_stop() {
         stop_pid "$pid" "tally all"
     fi
     rm -f "$PRODUCE_PIDFILE" "$TALLY_PIDFILE"
-    "${STACK[@]}" down
+    if [[ -e $STACK_MARKER ]]; then
+        "${STACK[@]}" down
+        rm -f "$STACK_MARKER"
+    else
+        echo "leaving the stack running: demo.sh did not start it (stop it with: bash deploy/local/stack.sh down)"
+    fi
 }
 
 cmd_status() {

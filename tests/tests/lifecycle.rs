@@ -477,7 +477,7 @@ fn wrong_credentials_are_a_config_error_not_an_outage() -> anyhow::Result<()> {
         return Ok(());
     }
     let st = tally_tests::harness::stack(&unique_tag());
-    let (code, stderr) = run_to_exit(&st, &[("TALLY_CLICKHOUSE__PASSWORD", "\"wrong\"")])?;
+    let (code, stderr) = run_to_exit(&st, &[("TALLY_CLICKHOUSE__PASSWORD", "wrong")])?;
     ensure!(
         code == Some(78),
         "clickhouse password: exit {code:?}: {stderr}"
