@@ -220,8 +220,15 @@ fn rfc3339(ms: u64) -> String {
         .to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// A failed ClickHouse query: 503 for the client (the server's text is only logged). A missing
+/// table or database is logged as an error naming the fix, since retrying cannot help.
 fn clickhouse_unavailable(e: clickhouse::error::Error) -> ApiError {
-    tracing::warn!(error = %e, "clickhouse query failed");
+    let e = tally_sinks::SinkError::clickhouse("report query", e);
+    if e.is_missing_schema() {
+        tracing::error!(error = %e, "clickhouse schema missing: run `tally migrate`");
+    } else {
+        tracing::warn!(error = %e, "clickhouse query failed");
+    }
     ApiError::Unavailable("the analytics store is unavailable; retry later".into())
 }
 
