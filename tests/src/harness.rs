@@ -715,15 +715,16 @@ pub fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether `pid` runs (a zombie does not).
+/// Whether `pid` runs. A zombie does not, unless other threads of it are still exiting: a killed
+/// multi-threaded process (a JVM) shows its leader as a zombie while they still hold its sockets.
 pub fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    !zombie || std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| tasks.count() > 1)
 }
 
 /// Resident memory of `pid`, in bytes (`VmRSS` of /proc/PID/status).
@@ -796,14 +797,16 @@ impl Load {
             while !flag.load(Ordering::SeqCst) {
                 tick.tick().await;
                 let now = Utc::now().timestamp_millis() as u64;
-                let batch: Vec<Ev> = (0..per_tick)
-                    .map(|_| match with_id.len() {
+                let mut batch: Vec<Ev> = Vec::new();
+                for i in 0..per_tick {
+                    batch.push(match with_id.len() {
                         n if n > 0 && rng.next(10) == 0 => {
                             sent[with_id[rng.next(n as u64) as usize]].clone()
                         }
-                        _ => load_event(&mut rng, seed, sent.len() as u64, now),
-                    })
-                    .collect();
+                        // Unique: one id per position in the whole load.
+                        _ => load_event(&mut rng, seed, sent.len() as u64 + i, now),
+                    });
+                }
                 let sends = batch.iter().map(|e| {
                     let payload = e.json().to_string();
                     let (producer, topic) = (&producer, &kafka.topic);
