@@ -65,7 +65,6 @@ fn main() -> ExitCode {
             } else {
                 ExitClass::of_chain(e.chain())
             };
-            tracing::error!(exit_code = class.map_or(1, ExitClass::code), "{e:#}");
             eprintln!("error: {e:#}");
             ExitCode::from(class.map_or(1, ExitClass::code))
         }

@@ -55,8 +55,8 @@ pub enum PipelineError {
     /// skip them silently.
     #[error(
         "partition {partition}: messages {saved}..{earliest} were deleted by Kafka retention \
-         before the pipeline read them ({lost} messages); set pipeline.on_retention_gap = \
-         \"skip\" to accept the loss and go on"
+         before the pipeline read them ({lost} messages){others}; set \
+         pipeline.on_retention_gap = \"skip\" to accept the loss and go on"
     )]
     RetentionGap {
         /// The partition.
@@ -67,6 +67,9 @@ pub enum PipelineError {
         earliest: i64,
         /// How many messages are gone (`earliest - saved`).
         lost: i64,
+        /// The other partitions with a gap, as text (empty when none), e.g.
+        /// ` (also partitions 1 (4 messages), 3 (2 messages))`.
+        others: String,
     },
     /// A sink failed in a way retrying cannot fix.
     #[error(transparent)]

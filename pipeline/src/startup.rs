@@ -156,6 +156,7 @@ fn retention_gaps(
     let consumer: BaseConsumer = client_config(config)
         .create()
         .map_err(|e| PipelineError::kafka("creating a metadata client", e))?;
+    let mut gaps: Vec<(i32, i64, i64)> = Vec::new();
     for ((topic, partition), saved) in progress.offsets.iter_mut() {
         if *topic != config.topic {
             continue;
@@ -174,24 +175,42 @@ fn retention_gaps(
         if saved.next_offset >= low {
             continue;
         }
-        let gap = PipelineError::RetentionGap {
-            partition: *partition,
-            saved: saved.next_offset,
-            earliest: low,
-            lost: low - saved.next_offset,
-        };
-        match policy {
-            RetentionGapPolicy::Fail => return Err(gap),
-            RetentionGapPolicy::Skip => {
-                tracing::error!(error = %gap, "skipping deleted messages (pipeline.on_retention_gap = skip)");
-                Metrics::get()
-                    .retention_gap
-                    .with_label_values(&[&partition.to_string()])
-                    .inc_by(u64::try_from(low - saved.next_offset).unwrap_or(0));
-                saved.next_offset = low;
-                saved.read_until = saved.read_until.max(low);
-            }
+        gaps.push((*partition, saved.next_offset, low));
+        if policy == RetentionGapPolicy::Skip {
+            tracing::error!(
+                partition,
+                saved = saved.next_offset,
+                earliest = low,
+                lost = low - saved.next_offset,
+                "skipping messages deleted by Kafka retention before they were read (pipeline.on_retention_gap = skip)"
+            );
+            Metrics::get()
+                .retention_gap
+                .with_label_values(&[&partition.to_string()])
+                .inc_by(u64::try_from(low - saved.next_offset).unwrap_or(0));
+            saved.next_offset = low;
+            saved.read_until = saved.read_until.max(low);
+            saved.dlq_until = saved.dlq_until.max(low);
         }
+    }
+    gaps.sort_unstable();
+    if let (RetentionGapPolicy::Fail, Some(&(partition, saved, earliest))) = (policy, gaps.first())
+    {
+        let others: Vec<String> = gaps[1..]
+            .iter()
+            .map(|(p, s, e)| format!("{p} ({} messages)", e - s))
+            .collect();
+        return Err(PipelineError::RetentionGap {
+            partition,
+            saved,
+            earliest,
+            lost: earliest - saved,
+            others: if others.is_empty() {
+                String::new()
+            } else {
+                format!(" (also partitions {})", others.join(", "))
+            },
+        });
     }
     Ok(progress)
 }

@@ -59,7 +59,7 @@ pub async fn run(args: &ProduceArgs, brokers: &str, topic: &str) -> anyhow::Resu
     let config = GeneratorConfig::from_args(args, Utc::now().timestamp_millis(), seed);
     let mut generator = EventGenerator::new(&config)?;
     let producer = build_producer(brokers)?;
-    check_topic(&producer, topic).await?;
+    check_topic(&producer, brokers, topic).await?;
     let (count, rate) = (args.count, args.rate);
     info!(brokers, topic, count, rate, seed, "producing events");
 
@@ -176,7 +176,9 @@ fn build_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
 
 /// Fails fast with a clear message when the brokers are unreachable or the topic is missing
 /// (the local stack does not auto-create topics).
-async fn check_topic(producer: &FutureProducer, topic: &str) -> anyhow::Result<()> {
+/// Fails with `NotMigrated` (exit 78, "run `tally migrate`") when `topic` does not exist, and
+/// with `Unavailable` (exit 69) when the brokers do not answer.
+async fn check_topic(producer: &FutureProducer, brokers: &str, topic: &str) -> anyhow::Result<()> {
     let (client, name) = (producer.clone(), topic.to_owned());
     let metadata = tokio::task::spawn_blocking(move || {
         client
@@ -184,17 +186,21 @@ async fn check_topic(producer: &FutureProducer, topic: &str) -> anyhow::Result<(
             .fetch_metadata(Some(&name), METADATA_TIMEOUT)
     })
     .await?
-    .with_context(|| format!("fetching metadata for topic {topic}"))?;
+    .map_err(|e| tally_pipeline::PipelineError::Unavailable {
+        service: "kafka",
+        address: brokers.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let missing = || tally_pipeline::PipelineError::NotMigrated {
+        what: format!("Kafka topic `{topic}`"),
+    };
     match metadata.topics().iter().find(|t| t.name() == topic) {
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-        Some(t) => match t.error() {
-            Some(err) => bail!(
-                "topic {topic} is not usable: {}",
-                RDKafkaErrorCode::from(err)
-            ),
-            None => bail!("topic {topic} has no partitions"),
+        Some(t) => match t.error().map(RDKafkaErrorCode::from) {
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition) | None => Err(missing().into()),
+            Some(err) => bail!("topic {topic} is not usable: {err}"),
         },
-        None => bail!("topic {topic} not found in broker metadata"),
+        None => Err(missing().into()),
     }
 }
 

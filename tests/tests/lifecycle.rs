@@ -341,6 +341,19 @@ fn tally_run_before_migrate_says_so() -> anyhow::Result<()> {
     let (code, stderr) = run_to_exit(&st, &[])?;
     ensure!(code == Some(78), "exit {code:?}: {stderr}");
     ensure!(stderr.contains("run `tally migrate`"), "{stderr}");
+    // `tally produce` to a topic nobody created says the same.
+    let mut produce = tally_command(&st, "produce", &st.settings.clickhouse.url)?;
+    let out = produce
+        .args(["--count", "1"])
+        .stderr(Stdio::piped())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(78),
+        "produce: {:?}: {stderr}",
+        out.status
+    );
+    ensure!(stderr.contains("run `tally migrate`"), "{stderr}");
     Ok(())
 }
 
