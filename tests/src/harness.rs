@@ -250,13 +250,25 @@ pub async fn check_reports(st: &Stack, evs: &[Ev], from: u64, to: u64) -> anyhow
     Ok(())
 }
 
+/// `/reports/summary` over `[from, to)`, all events and `signup` only, equals the oracle.
 pub async fn check_summary(st: &Stack, evs: &[Ev], from: u64, to: u64) -> anyhow::Result<()> {
+    check_summary_for(st, evs, from, to, &[None, Some("signup")]).await
+}
+
+/// `/reports/summary` over `[from, to)` equals the oracle for each event-type filter.
+pub async fn check_summary_for(
+    st: &Stack,
+    evs: &[Ev],
+    from: u64,
+    to: u64,
+    filters: &[Option<&str>],
+) -> anyhow::Result<()> {
     let iso = |ms: u64| {
         DateTime::<Utc>::from_timestamp_millis(ms as i64)
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
             .unwrap_or_default()
     };
-    for filter in [None, Some("signup")] {
+    for &filter in filters {
         let sel: Vec<&Ev> = evs
             .iter()
             .filter(|e| e.ts_ms >= from && e.ts_ms < to && filter.is_none_or(|t| t == e.event_type))
@@ -277,7 +289,10 @@ pub async fn check_summary(st: &Stack, evs: &[Ev], from: u64, to: u64) -> anyhow
             url.push_str(&format!("&event_type={t}"));
         }
         let got: Value = st.http.get(&url).send().await?.json().await?;
-        ensure!(got == want, "summary {filter:?}: got {got}, want {want}");
+        ensure!(
+            got == want,
+            "summary [{from}, {to}) {filter:?}: got {got}, want {want}"
+        );
     }
     Ok(())
 }
@@ -413,14 +428,21 @@ pub fn tally_command(
 
 /// Writes `evs` straight to the test's Kafka topic (key = user), acknowledged by every replica.
 pub async fn produce(st: &Stack, evs: &[Ev]) -> anyhow::Result<()> {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer =
+    let producer: rdkafka::producer::FutureProducer =
         tally_pipeline::kafka::producer_config(&st.settings.kafka).create()?;
+    send_events(&producer, &st.settings.kafka.topic, evs).await
+}
+
+/// Sends `evs` to `topic` (key = user) concurrently; fails on the first unacknowledged one.
+pub async fn send_events(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    evs: &[Ev],
+) -> anyhow::Result<()> {
     let sends = evs.iter().map(|e| {
         let payload = e.json().to_string();
-        let producer = &producer;
         async move {
-            let record = FutureRecord::to(&st.settings.kafka.topic)
+            let record = rdkafka::producer::FutureRecord::to(topic)
                 .key(&e.user)
                 .payload(&payload);
             producer
@@ -785,7 +807,7 @@ impl Load {
         let kafka = st.settings.kafka.clone();
         let (flag, count) = (Arc::clone(&stop), Arc::clone(&acked));
         let task = rt.spawn(async move {
-            use rdkafka::producer::{FutureProducer, FutureRecord};
+            use rdkafka::producer::FutureProducer;
             use std::sync::atomic::Ordering;
             let producer: FutureProducer =
                 tally_pipeline::kafka::producer_config(&kafka).create()?;
@@ -807,20 +829,7 @@ impl Load {
                         _ => load_event(&mut rng, seed, sent.len() as u64 + i, now),
                     });
                 }
-                let sends = batch.iter().map(|e| {
-                    let payload = e.json().to_string();
-                    let (producer, topic) = (&producer, &kafka.topic);
-                    async move {
-                        let record = FutureRecord::to(topic).key(&e.user).payload(&payload);
-                        producer
-                            .send(record, std::time::Duration::from_secs(10))
-                            .await
-                            .map_err(|(e, _)| e)
-                    }
-                });
-                for result in futures::future::join_all(sends).await {
-                    result?;
-                }
+                send_events(&producer, &kafka.topic, &batch).await?;
                 for e in batch {
                     if e.id.is_some() {
                         with_id.push(sent.len());

@@ -9,16 +9,16 @@
 //! following midnight moves the watermark past all their windows, so the checks run on final,
 //! acknowledged values and cannot pass while a retry is still on its way.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::{json, Value};
 use tally_tests::harness::{
-    check_reports, post, report, setup, start_pipeline, teardown, unique_tag, Ev, Stack,
+    check_reports, check_summary_for, post, report, setup, start_pipeline, teardown, unique_tag,
+    Ev, Stack,
 };
 use tally_tests::{enabled, eventually};
 
@@ -134,39 +134,14 @@ async fn wait_final(
 
 /// `/reports/summary` for `[from, to)` and every event type equals the oracle over `want`.
 async fn check_summaries(st: &Stack, want: &[Ev], from: u64, to: u64) -> anyhow::Result<()> {
-    let iso = |ms: u64| {
-        DateTime::<Utc>::from_timestamp_millis(ms as i64)
-            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-            .unwrap_or_default()
-    };
-    let filters = [None, Some("click"), Some("purchase"), Some("signup")];
-    for filter in filters.into_iter().chain([Some("page_view")]) {
-        let sel: Vec<&Ev> = want
-            .iter()
-            .filter(|e| e.ts_ms >= from && e.ts_ms < to && filter.is_none_or(|t| t == e.event_type))
-            .collect();
-        let expected = json!({
-            "events": sel.len(),
-            "unique_users": sel.iter().map(|e| &e.user).collect::<BTreeSet<_>>().len(),
-            "unique_sessions": sel.iter().filter_map(|e| e.session.as_ref()).collect::<BTreeSet<_>>().len(),
-            "unique_event_types": sel.iter().map(|e| &e.event_type).collect::<BTreeSet<_>>().len(),
-        });
-        let mut url = format!(
-            "{}/reports/summary?from={}&to={}",
-            st.api,
-            iso(from),
-            iso(to)
-        );
-        if let Some(t) = filter {
-            url.push_str(&format!("&event_type={t}"));
-        }
-        let got: Value = st.http.get(&url).send().await?.json().await?;
-        ensure!(
-            got == expected,
-            "summary [{from}, {to}) {filter:?}: got {got}, want {expected}"
-        );
-    }
-    Ok(())
+    let filters = [
+        None,
+        Some("click"),
+        Some("purchase"),
+        Some("signup"),
+        Some("page_view"),
+    ];
+    check_summary_for(st, want, from, to, &filters).await
 }
 
 /// The raw `events` table holds exactly the first copy of each id (a replayed copy is the same
