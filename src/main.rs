@@ -2,6 +2,7 @@
 //! own beyond that.
 
 mod config;
+mod jobs_cli;
 mod produce;
 
 use std::path::PathBuf;
@@ -46,13 +47,24 @@ enum Command {
     All,
     /// Send synthetic user events to Kafka (load generator).
     Produce(produce::ProduceArgs),
+    /// Run the job worker: late-event corrections, rebuilds, retention (also part of `all`).
+    Worker {
+        /// Jobs run at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+    },
+    /// Recompute every rollup row in a time range from the raw events (e.g. after a bug fix),
+    /// widened to whole UTC days; runs as a job on a worker and shows its progress.
+    Rebuild(jobs_cli::RebuildArgs),
+    /// List queued jobs, recent job runs and the late-event ledger.
+    Jobs(jobs_cli::JobsArgs),
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn,sqlx=warn".into()),
+                .unwrap_or_else(|_| "info,rdkafka=warn,sqlx=warn,graphile_worker=warn,graphile_worker_migrations=warn,graphile_worker_queries=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -73,7 +85,7 @@ fn main() -> ExitCode {
 
 /// Marks errors of `tally.toml` and `TALLY_*` variables (exit 78, like every config error).
 #[derive(Debug)]
-struct InvalidConfig;
+pub(crate) struct InvalidConfig;
 
 impl std::fmt::Display for InvalidConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,7 +129,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }),
+        Command::Worker { concurrency } => runtime.block_on(async {
+            let pool = tally_sinks::postgres::connect(&config.postgres).await?;
+            let stop = async {
+                let _ = wait_for_signal().await;
+                tracing::info!(
+                    "shutting down the worker: letting running jobs finish (at most 30 s)"
+                );
+            };
+            tally_jobs::run_worker(job_settings(&config, concurrency), pool, stop).await?;
+            Ok(())
+        }),
+        Command::Rebuild(args) => runtime.block_on(jobs_cli::rebuild(&config, &args)),
+        Command::Jobs(args) => runtime.block_on(jobs_cli::jobs(&config, &args)),
         Command::Up | Command::Down | Command::Status => Ok(()),
+    }
+}
+
+/// What the job worker needs from the configuration.
+fn job_settings(config: &TallyConfig, concurrency: usize) -> tally_jobs::JobSettings {
+    tally_jobs::JobSettings {
+        clickhouse: config.clickhouse.clone(),
+        pipeline: config.pipeline.name.clone(),
+        topology: tally_sinks::postgres::ledger::DEFAULT_TOPOLOGY.to_owned(),
+        windows: tally_pipeline::WINDOWS.to_vec(),
+        grace_ms: config.pipeline.grace_ms,
+        retention_check_secs: config.pipeline.retention_check_secs,
+        concurrency,
     }
 }
 
@@ -151,10 +189,12 @@ async fn migrate(config: &TallyConfig) -> anyhow::Result<()> {
         listed(&report.applied, "none (up to date)")
     );
     let pool = tally_sinks::postgres::connect(&config.postgres).await?;
+    tally_jobs::migrate(&pool).await?;
     let applied = tally_sinks::postgres::migrate(&pool).await?;
     println!(
-        "postgres: migrations applied: {}",
-        listed(&applied, "none (up to date)")
+        "postgres: migrations applied: {}; job queue schema ({}) up to date",
+        listed(&applied, "none (up to date)"),
+        tally_jobs::QUEUE_SCHEMA
     );
     Ok(())
 }
@@ -213,6 +253,23 @@ fn run_all(config: &TallyConfig, runtime: &tokio::runtime::Runtime) -> anyhow::R
         api_failed.store(true, Ordering::SeqCst);
         result.context("serving the api")
     });
+    let worker_stop = Arc::clone(&pipeline_done);
+    let worker_failed = Arc::clone(&shutdown);
+    let pool = runtime.block_on(tally_sinks::postgres::connect(&config.postgres))?;
+    let settings = job_settings(config, 2);
+    let worker = runtime.spawn(async move {
+        let stop = async move {
+            while !worker_stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        };
+        let result = tally_jobs::run_worker(settings, pool, stop).await;
+        if result.is_err() {
+            // One process, one fate: a worker that cannot run stops the pipeline too.
+            worker_failed.store(true, Ordering::SeqCst);
+        }
+        result.context("job worker")
+    });
     let result = run_pipeline(
         config,
         runtime.handle().clone(),
@@ -221,7 +278,8 @@ fn run_all(config: &TallyConfig, runtime: &tokio::runtime::Runtime) -> anyhow::R
     );
     pipeline_done.store(true, Ordering::SeqCst);
     let served = runtime.block_on(api).context("api task")?;
-    result.and(served)
+    let worked = runtime.block_on(worker).context("worker task")?;
+    result.and(served).and(worked)
 }
 
 async fn app_state(config: &TallyConfig) -> anyhow::Result<AppState> {

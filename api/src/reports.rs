@@ -202,6 +202,9 @@ pub struct ReportResponse {
     to: String,
     event_type: Option<String>,
     complete_until: Option<String>,
+    /// Windows of this kind in the range that received late events and wait for their
+    /// correction (`null` when PostgreSQL could not be asked).
+    pending_corrections: Option<i64>,
     points: Vec<Point>,
 }
 
@@ -254,6 +257,16 @@ pub async fn get_report(
         })
         .collect();
     let complete_until = complete_until(&state, q.window).await.map(rfc3339);
+    let pending_corrections = tally_sinks::postgres::ledger::pending_in_range(
+        &state.postgres,
+        tally_sinks::postgres::ledger::DEFAULT_TOPOLOGY,
+        q.window.label(),
+        i64::try_from(q.window.start_of(ms(q.from))).unwrap_or(i64::MAX),
+        i64::try_from(ms(q.to)).unwrap_or(i64::MAX),
+    )
+    .await
+    .map_err(|e| tracing::warn!(error = %e, "reading pending corrections failed"))
+    .ok();
     let response = ReportResponse {
         metric: q.metric.name(),
         window: q.window.label(),
@@ -261,6 +274,7 @@ pub async fn get_report(
         to: q.to.to_rfc3339_opts(SecondsFormat::AutoSi, true),
         event_type: q.event_type,
         complete_until,
+        pending_corrections,
         points,
     };
     Ok(Json(response))

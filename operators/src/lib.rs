@@ -4,7 +4,8 @@
 //! Nothing here does I/O, reads a clock or a config file. Time is the dataflow's `u64` timestamp,
 //! which the source sets to the event-time watermark (milliseconds since the Unix epoch). A window
 //! closes when the watermark reaches its end plus the grace period; a record whose timestamp is at
-//! or past its window's close time is *late* for that window and is counted, not aggregated.
+//! or past its window's close time is *late* for that window and is counted, not aggregated: the
+//! window is then corrected from the raw events (see [`late_windows`]).
 
 mod dedup;
 mod hashing;
@@ -17,4 +18,4 @@ pub use dedup::{Dedup, DedupHorizon, Identified};
 pub use hashing::{hash128, hash64, IdSet};
 pub use observation::{Observation, OperatorCounters};
 pub use rollup::{Rollup, RollupRow, RollupSpec, WindowKey};
-pub use window::{settled_after, Window};
+pub use window::{late_windows, settled_after, Window};

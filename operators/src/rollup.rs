@@ -139,7 +139,8 @@ pub trait Rollup<'scope> {
     /// Emits a final row per aggregate when the frontier reaches the window's close time (end +
     /// grace), and a provisional row for every aggregate that changed since its last row each
     /// time a record arrives on `ticks`. Contributions read at or after their window's close
-    /// time are late: counted in `counters`, not aggregated.
+    /// time are late: counted in `counters`, not aggregated; their windows are corrected from
+    /// the raw events later (the sink marks them, see [`crate::late_windows`]).
     fn rollup(
         self,
         ticks: StreamVec<'scope, u64, ()>,

@@ -92,6 +92,25 @@ pub fn settled_after(windows: &[Window], ts_ms: u64, read_time: u64, grace_ms: u
         .unwrap_or(read_time)
 }
 
+/// The windows of `windows` for which an event at `ts_ms`, read when the watermark was
+/// `read_time`, is *late*: already closed (end + `grace_ms` at or before `read_time`), so the
+/// rollup operator did not aggregate it. Each is `(window kind, window start in ms since the
+/// epoch)`. These are the windows a correction must recompute from the raw events; the sink
+/// records them in the late-event ledger (see `docs/architecture.md`, "Late events and
+/// corrections"), using the same rule as [`crate::Rollup`] so that every event the rollups
+/// left out marks its window.
+pub fn late_windows(
+    windows: &[Window],
+    ts_ms: u64,
+    read_time: u64,
+    grace_ms: u64,
+) -> impl Iterator<Item = (Window, u64)> + '_ {
+    windows
+        .iter()
+        .filter(move |w| w.is_late(ts_ms, read_time, grace_ms))
+        .map(move |&w| (w, w.start_of(ts_ms)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +151,21 @@ mod tests {
             settled_after(&[Window::Minute], ts, 0, 0),
             1_710_325_020_000 + 2 * 60_000
         );
+    }
+
+    #[test]
+    fn late_windows_are_the_closed_ones() {
+        // 2024-03-13T10:17:42.123Z, read at 10:19:00 with 5 s grace: its minute closed at
+        // 10:18:05, its hour and day are still open.
+        let ts = 1_710_325_062_123;
+        let read = 1_710_325_140_000;
+        let late: Vec<_> = late_windows(&Window::ALL, ts, read, 5_000).collect();
+        assert_eq!(late, vec![(Window::Minute, 1_710_325_020_000)]);
+        // Read the next day: every window closed.
+        let late: Vec<_> = late_windows(&Window::ALL, ts, ts + 86_400_000 * 2, 5_000).collect();
+        assert_eq!(late.len(), 3);
+        // Read before its minute closed: on time everywhere.
+        assert_eq!(late_windows(&Window::ALL, ts, ts, 5_000).count(), 0);
     }
 
     #[test]

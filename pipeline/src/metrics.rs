@@ -40,11 +40,15 @@ pub const RETENTION_GAP: &str = "tally_retention_gap_messages_total";
 pub const DLQ_PENDING: &str = "tally_dlq_pending";
 /// Progress saves to PostgreSQL that failed (retried at the next interval).
 pub const PROGRESS_SAVE_FAILURES: &str = "tally_progress_save_failures_total";
+/// Window marks written to the late-event ledger (one per window per sink batch).
+pub const LATE_WINDOWS_MARKED: &str = "tally_late_windows_marked_total";
 
 /// Every metric Tally exports.
 pub struct Metrics {
     /// See [`EVENTS_READ`].
     pub events_read: IntCounter,
+    /// See [`LATE_WINDOWS_MARKED`].
+    pub late_windows_marked: IntCounter,
     /// See [`DLQ`].
     pub dlq: IntCounterVec,
     /// See [`LATE`].
@@ -112,6 +116,10 @@ impl Metrics {
         static METRICS: OnceLock<Metrics> = OnceLock::new();
         METRICS.get_or_init(|| Metrics {
             events_read: counter(EVENTS_READ, "Events read from Kafka, valid or not."),
+            late_windows_marked: counter(
+                LATE_WINDOWS_MARKED,
+                "Closed windows marked for correction in the late-event ledger (per sink batch).",
+            ),
             dlq: counter_vec(
                 DLQ,
                 "Messages sent to the dead-letter topic, by reason.",
@@ -119,7 +127,7 @@ impl Metrics {
             ),
             late: counter_vec(
                 LATE,
-                "Events that arrived after their window closed (not in rollups), by window.",
+                "Events that arrived after their window closed (corrected from raw events), by window.",
                 &["window"],
             ),
             duplicates: counter(

@@ -24,7 +24,7 @@ use crate::health::{Failure, Health, PipelineState};
 use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::progress::ProgressSaver;
-use crate::sink::{clickhouse_sink, SinkContext, SinkRecord};
+use crate::sink::{clickhouse_sink, LateLedger, SinkContext, SinkRecord};
 use crate::source::{KafkaSource, Read, Windowing};
 use crate::watermark::{combine, past_idle, Mark, Watermarks};
 use crate::{PipelineConfig, PipelineError};
@@ -122,10 +122,6 @@ fn run_workers(
         lease_epoch = started.lease.epoch,
         "pipeline starting"
     );
-    let retention = runtime.spawn(retention_loop(
-        settings.clickhouse.clone(),
-        settings.pipeline.retention_check_secs,
-    ));
     let workers = settings.pipeline.workers;
     let failure = Arc::new(Failure::default());
     let shared = Arc::new(Shared {
@@ -164,7 +160,6 @@ fn run_workers(
             }
         }
     }
-    retention.abort();
     drop(stop_lag);
     if lag.join().is_err() {
         tracing::warn!("the lag exporter panicked");
@@ -266,11 +261,13 @@ impl Dataflow {
             // together, so `events` stores exactly the copies the rollups count.
             let reads = events.to_stream(scope).map(|r: Read| {
                 let row = r.event.row(r.ingested, r.partition, r.offset);
-                (r.event.observation(r.replayed), row)
+                (r.event.observation(r.replayed), (row, r.replayed))
             });
             let out =
                 tally_topologies::product_analytics(reads, ticks.to_stream(scope), spec, counters);
-            let raw = out.kept.map(SinkRecord::Event);
+            let raw = out
+                .kept
+                .map(|(row, replayed)| SinkRecord::Event(row, replayed));
             let rollups = out.rollups.map(SinkRecord::Rollup);
             clickhouse_sink(raw.concat(rollups), sink).probe_with(&probe);
         });
@@ -337,7 +334,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
         .max_clock_skew(p.max_clock_skew_ms);
     let source = KafkaSource::open(&s.kafka, &mine, &shared.progress, watermarks)?;
     let spec = RollupSpec {
-        windows: Window::ALL.to_vec(),
+        windows: crate::WINDOWS.to_vec(),
         grace_ms: p.grace_ms,
         per_event_type: true,
     };
@@ -350,6 +347,12 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
         backlog: Arc::clone(&shared.backlogs[index]),
         failure: Arc::clone(&shared.failure),
         activator: Rc::new(RefCell::new(None)),
+        ledger: LateLedger {
+            pool: shared.pool.clone(),
+            topology: tally_sinks::postgres::ledger::DEFAULT_TOPOLOGY.to_owned(),
+            windows: spec.windows.clone(),
+            grace_ms: p.grace_ms,
+        },
     };
     let mut df = Dataflow::build(worker, &spec, &shared.counters, ctx.clone());
     // Resume one tick before the saved frontier: windows closing exactly at it are not yet
@@ -570,28 +573,4 @@ fn export_metrics(shared: &Shared) {
         .sum();
     m.sink_backlog
         .set(i64::try_from(backlog).unwrap_or(i64::MAX));
-}
-
-/// On servers without TTL, drops monthly partitions past retention every `every_secs`.
-async fn retention_loop(config: ClickHouseConfig, every_secs: u64) {
-    let client = tally_sinks::clickhouse::connect(&config, false);
-    loop {
-        let show = format!("SHOW CREATE TABLE {}.events", config.database);
-        match client.query(&show).fetch_one::<String>().await {
-            Ok(ddl) if ddl.contains("TTL") => return,
-            Ok(_) => {
-                let now = chrono::Utc::now().timestamp();
-                match tally_sinks::clickhouse::drop_expired_partitions(&client, &config, now).await
-                {
-                    Ok(dropped) if !dropped.is_empty() => {
-                        tracing::info!(?dropped, "dropped expired partitions")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "retention check failed"),
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "retention check could not read the events table"),
-        }
-        tokio::time::sleep(Duration::from_secs(every_secs)).await;
-    }
 }

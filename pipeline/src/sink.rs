@@ -6,14 +6,15 @@
 //! The source commits Kafka offsets only up to what that frontier covers.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_operators::RollupRow;
+use tally_operators::{late_windows, RollupRow, Window};
 use tally_sinks::clickhouse::{ClickHouseWriter, EventRow, RollupRecord};
+use tally_sinks::postgres::ledger::{self, LateMark};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
@@ -28,8 +29,8 @@ use crate::PipelineError;
 /// A row bound for ClickHouse.
 #[derive(Clone, Debug)]
 pub enum SinkRecord {
-    /// A raw event.
-    Event(EventRow),
+    /// A raw event, and whether it was read again after a restart (replayed).
+    Event(EventRow, bool),
     /// A rollup value.
     Rollup(RollupRow),
 }
@@ -59,6 +60,22 @@ pub struct SinkContext {
     pub failure: Arc<Failure>,
     /// Filled in when the operator is built, so the runtime can wake it (e.g. at shutdown).
     pub activator: Rc<RefCell<Option<Activator>>>,
+    /// Where late events are marked for correction.
+    pub ledger: LateLedger,
+}
+
+/// The late-event ledger as the sink writes it: which windows the rollups aggregate, their
+/// grace, and the PostgreSQL pool (see `tally_sinks::postgres::ledger`).
+#[derive(Clone)]
+pub struct LateLedger {
+    /// PostgreSQL.
+    pub pool: sqlx::PgPool,
+    /// The topology the windows belong to.
+    pub topology: String,
+    /// The rollups' window kinds.
+    pub windows: Vec<Window>,
+    /// The rollups' grace, ms.
+    pub grace_ms: u64,
 }
 
 #[derive(Default)]
@@ -67,6 +84,8 @@ struct Batch {
     started: Option<Instant>,
     events: Vec<EventRow>,
     rollups: HashMap<(u8, u64, Option<String>), RollupRecord>,
+    /// Late events per closed window: (window, start ms) -> events (replays not counted).
+    late: BTreeMap<(Window, u64), i64>,
     last_version: u64,
 }
 
@@ -123,9 +142,19 @@ pub fn clickhouse_sink<'scope>(
                     if earlier {
                         batch.cap = cap.retain_least(0);
                     }
+                    let read_time = cap.least().copied().unwrap_or(0);
+                    let late = &ctx.ledger;
                     for record in data.drain(..) {
                         match record {
-                            SinkRecord::Event(e) => batch.events.push(e),
+                            SinkRecord::Event(e, replayed) => {
+                                let ts_ms = u64::try_from(e.timestamp_ms).unwrap_or(0);
+                                for key in
+                                    late_windows(&late.windows, ts_ms, read_time, late.grace_ms)
+                                {
+                                    *batch.late.entry(key).or_default() += i64::from(!replayed);
+                                }
+                                batch.events.push(e);
+                            }
                             SinkRecord::Rollup(r) => batch.add_rollup(r),
                         }
                     }
@@ -170,8 +199,20 @@ fn spawn_write(
     waker: timely::scheduling::SyncActivator,
 ) -> (Arc<AtomicU8>, usize) {
     let Batch {
-        events, rollups, ..
+        events,
+        rollups,
+        late,
+        ..
     } = batch;
+    let marks: Vec<LateMark> = late
+        .into_iter()
+        .map(|((window, start_ms), late_events)| LateMark {
+            window: window.label().to_owned(),
+            start_ms: i64::try_from(start_ms).unwrap_or(i64::MAX),
+            late_events,
+        })
+        .collect();
+    let ledger = ctx.ledger.clone();
     let rows = events.len() + rollups.len();
     let status = Arc::new(AtomicU8::new(PENDING));
     let (writer, failure, done) = (
@@ -187,6 +228,11 @@ fn spawn_write(
             }
             if !rollups.is_empty() {
                 timed("rollups", rollups.len(), writer.write_rollups(&rollups)).await?;
+            }
+            // After the raw rows are stored, before the batch counts as acknowledged: no offset
+            // is committed past a late event whose window is not marked for correction.
+            if !marks.is_empty() {
+                mark_late(&ledger, &marks).await?;
             }
             Ok::<(), tally_sinks::SinkError>(())
         }
@@ -207,6 +253,28 @@ fn spawn_write(
         let _ = waker.activate();
     });
     (status, rows)
+}
+
+/// Records late windows in the ledger, retrying while PostgreSQL is unavailable (100 ms doubling
+/// to 5 s, without limit: meanwhile the batch stays unacknowledged, so progress is not saved past
+/// it and the source pauses once the backlog is full). Other errors are returned.
+async fn mark_late(ledger: &LateLedger, marks: &[LateMark]) -> Result<(), tally_sinks::SinkError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match ledger::mark_late(&ledger.pool, &ledger.topology, marks).await {
+            Ok(()) => {
+                let m = Metrics::get();
+                m.late_windows_marked.inc_by(marks.len() as u64);
+                return Ok(());
+            }
+            Err(e) if e.class() == tally_sinks::ErrorClass::Retry => {
+                tracing::warn!(error = %e, windows = marks.len(), "marking late windows failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Runs one insert, recording its size and duration (retries included).

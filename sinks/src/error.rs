@@ -152,6 +152,15 @@ impl SinkError {
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
                     ErrorClass::Retry
                 }
+                // Connection lost (08), server shutting down (57P), serialization failure or
+                // deadlock (40): SQLSTATE classes where the same statement can succeed later.
+                sqlx::Error::Database(db)
+                    if db.code().is_some_and(|c| {
+                        c.starts_with("08") || c.starts_with("57P") || c.starts_with("40")
+                    }) =>
+                {
+                    ErrorClass::Retry
+                }
                 _ => ErrorClass::Fatal,
             },
             SinkError::Config { .. } | SinkError::Fenced { .. } => ErrorClass::Fatal,

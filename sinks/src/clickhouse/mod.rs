@@ -5,6 +5,7 @@
 
 mod client;
 mod config;
+pub mod recompute;
 mod rows;
 mod schema;
 mod writer;

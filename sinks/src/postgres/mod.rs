@@ -1,7 +1,10 @@
-//! PostgreSQL: the platform's own records (applied migrations, pipeline progress).
+//! PostgreSQL: the platform's own records (applied migrations, pipeline progress, the late-event
+//! ledger, job runs and rebuilds; the job queue is graphile_worker's schema).
 
 mod config;
+pub mod jobs;
 pub mod lease;
+pub mod ledger;
 mod progress;
 mod schema;
 

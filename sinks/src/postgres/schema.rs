@@ -49,6 +49,55 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         // pipeline stopped; a replay skips them instead of dead-lettering them again.
         "ALTER TABLE pipeline_offsets ADD COLUMN IF NOT EXISTS dlq_until BIGINT NOT NULL DEFAULT 0",
     ),
+    (
+        5,
+        "late-event ledger, job runs and rebuilds",
+        // `late_windows`: one row per closed window that received late events (see
+        // `postgres::ledger`). `pending_since` is set while a correction is owed.
+        // `job_runs`: every run of a queued job (graphile_worker deletes finished jobs).
+        // `rebuilds`: progress of `tally rebuild`.
+        "CREATE TABLE IF NOT EXISTS late_windows (
+                topology          TEXT        NOT NULL,
+                window_name       TEXT        NOT NULL,
+                window_start_ms   BIGINT      NOT NULL,
+                late_events       BIGINT      NOT NULL DEFAULT 0,
+                first_late_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+                last_late_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+                pending_since     TIMESTAMPTZ,
+                generation        BIGINT      NOT NULL DEFAULT 0,
+                corrections       INTEGER     NOT NULL DEFAULT 0,
+                last_corrected_at TIMESTAMPTZ,
+                PRIMARY KEY (topology, window_name, window_start_ms)
+            );
+            CREATE INDEX IF NOT EXISTS late_windows_pending
+                ON late_windows (topology, window_name, window_start_ms)
+                WHERE pending_since IS NOT NULL;
+            CREATE TABLE IF NOT EXISTS job_runs (
+                id           BIGSERIAL   PRIMARY KEY,
+                job_id       BIGINT      NOT NULL,
+                kind         TEXT        NOT NULL,
+                payload      JSONB       NOT NULL,
+                attempt      INTEGER     NOT NULL,
+                max_attempts INTEGER     NOT NULL,
+                worker       TEXT        NOT NULL,
+                state        TEXT        NOT NULL DEFAULT 'running',
+                error        TEXT,
+                summary      TEXT,
+                started_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+                finished_at  TIMESTAMPTZ
+            );
+            CREATE TABLE IF NOT EXISTS rebuilds (
+                id            BIGSERIAL   PRIMARY KEY,
+                from_ms       BIGINT      NOT NULL,
+                to_ms         BIGINT      NOT NULL,
+                done_until_ms BIGINT      NOT NULL,
+                rows_written  BIGINT      NOT NULL DEFAULT 0,
+                state         TEXT        NOT NULL DEFAULT 'queued',
+                error         TEXT,
+                created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+                updated_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+            );",
+    ),
 ];
 
 /// Applies every migration not yet recorded, each in its own transaction. Idempotent.
@@ -117,9 +166,19 @@ pub async fn pending_migrations(pool: &PgPool) -> Result<Vec<&'static str>, Sink
             }
         }
     };
-    Ok(MIGRATIONS
+    let mut pending: Vec<&'static str> = MIGRATIONS
         .iter()
         .filter(|(id, _, _)| !done.contains(id))
         .map(|&(_, name, _)| name)
-        .collect())
+        .collect();
+    // The job queue's own schema (graphile_worker), which the sink queues corrections in.
+    let queue: bool =
+        sqlx::query_scalar("SELECT to_regprocedure('graphile_worker.add_job(text, json, text, timestamptz, integer, text, integer, text[], text)') IS NOT NULL")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| SinkError::postgres("looking for the job queue schema", e))?;
+    if !queue {
+        pending.push("job queue schema (graphile_worker)");
+    }
+    Ok(pending)
 }

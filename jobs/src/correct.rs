@@ -1,0 +1,170 @@
+//! The `correct` job: recomputes the windows pending in the late-event ledger.
+//!
+//! A window can be corrected once the pipeline's acknowledged frontier (saved in PostgreSQL) is
+//! past its close time (end + grace): every on-time event of the window and its final rows are
+//! then in ClickHouse, and every late event's raw row was stored before its mark (the sink's
+//! order). Windows not yet there are left pending and the job queues itself again 1 s later.
+//! Pending windows are coalesced per window kind into ranges (see
+//! `tally_sinks::clickhouse::recompute::coalesce`), one recompute per range.
+
+use std::collections::BTreeMap;
+
+use graphile_worker::{IntoTaskHandlerResult, TaskHandler, WorkerContext};
+use serde::{Deserialize, Serialize};
+use tally_operators::Window;
+use tally_sinks::clickhouse::recompute::{coalesce, recompute, WindowRange};
+use tally_sinks::postgres::ledger::{self, PendingWindow};
+use tally_sinks::SinkError;
+
+use crate::metrics::Metrics;
+use crate::run::tracked;
+use crate::JobSettings;
+
+/// Corrects every pending window (no arguments: the ledger says which).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct Correct {}
+
+impl TaskHandler for Correct {
+    const IDENTIFIER: &'static str = "correct";
+
+    async fn run(self, ctx: WorkerContext) -> impl IntoTaskHandlerResult {
+        tracked(Self::IDENTIFIER, ctx, |job, pool| async move {
+            let report = correct_pending(&job.settings, &pool, &job.clickhouse.0)
+                .await
+                .map_err(|e| e.to_string())?;
+            if report.waiting > 0 {
+                let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+                ledger::queue_correction(&mut conn, Some(1_000))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(report.to_string())
+        })
+        .await
+    }
+}
+
+/// What one pass of [`correct_pending`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CorrectionReport {
+    /// Windows recomputed and cleared.
+    pub corrected: u64,
+    /// Windows recomputed but left pending (a newer late event arrived meanwhile).
+    pub remarked: u64,
+    /// Windows not yet closed in the acknowledged frontier (retried later).
+    pub waiting: u64,
+    /// Range queries run.
+    pub ranges: u64,
+    /// Rollup rows written.
+    pub rows_written: u64,
+}
+
+impl std::fmt::Display for CorrectionReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "corrected {} windows in {} ranges ({} rows); {} marked again, {} waiting for the frontier",
+            self.corrected, self.ranges, self.rows_written, self.remarked, self.waiting
+        )
+    }
+}
+
+/// Most windows read from the ledger per pass (the job loops until none is ready).
+const BATCH: i64 = 50_000;
+
+/// Longest range per query and the gap of empty windows worth bridging, per window kind:
+/// minutes up to a day (bridging 30 min), hours up to 31 days (bridging 6 h), days up to a year
+/// (bridging a week).
+fn range_limits(window: Window) -> (u64, u64) {
+    match window {
+        Window::Minute => (30, 1_440),
+        Window::Hour => (6, 744),
+        Window::Day => (7, 366),
+    }
+}
+
+/// Recomputes every pending window that the acknowledged frontier allows, coalesced into range
+/// queries, and clears each whose generation did not change meanwhile. Loops until no pending
+/// window is ready.
+///
+/// Errors: [`SinkError`] from PostgreSQL or ClickHouse; the job is then retried, and a
+/// recompute that ran before the error is harmless (same values, newer version).
+pub async fn correct_pending(
+    settings: &JobSettings,
+    pool: &sqlx::PgPool,
+    clickhouse: &clickhouse::Client,
+) -> Result<CorrectionReport, SinkError> {
+    let mut report = CorrectionReport::default();
+    loop {
+        let frontier: Option<i64> = sqlx::query_scalar(
+            "SELECT acked_frontier_ms FROM pipeline_frontiers WHERE pipeline = $1",
+        )
+        .bind(&settings.pipeline)
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| SinkError::postgres("reading the pipeline frontier", e))?;
+        let frontier = u64::try_from(frontier.unwrap_or(0)).unwrap_or(0);
+        let pending = ledger::pending(pool, &settings.topology, BATCH).await?;
+        let mut ready: BTreeMap<Window, Vec<PendingWindow>> = BTreeMap::new();
+        let mut unknown = Vec::new();
+        report.waiting = 0;
+        for p in pending.iter() {
+            let Some(window) = Window::from_label(&p.window) else {
+                unknown.push(p.clone());
+                continue;
+            };
+            let start = u64::try_from(p.start_ms).unwrap_or(0);
+            // Closed in the acknowledged frontier: its final rows (time = close) are stored.
+            if start + window.millis() + settings.grace_ms < frontier {
+                ready.entry(window).or_default().push(p.clone());
+            } else {
+                report.waiting += 1;
+            }
+        }
+        if !unknown.is_empty() {
+            tracing::warn!(
+                windows = unknown.len(),
+                "ledger windows of kinds this build does not aggregate; cleared"
+            );
+            ledger::settle(pool, &settings.topology, &unknown).await?;
+        }
+        if ready.is_empty() {
+            return Ok(report);
+        }
+        let m = Metrics::get();
+        for (window, windows) in ready {
+            let starts: Vec<u64> = windows
+                .iter()
+                .map(|w| u64::try_from(w.start_ms).unwrap_or(0))
+                .collect();
+            let (gap, max) = range_limits(window);
+            for (from_ms, to_ms) in coalesce(&starts, window.millis(), gap, max) {
+                let range = WindowRange {
+                    window: window.label().to_owned(),
+                    size_ms: window.millis(),
+                    from_ms,
+                    to_ms,
+                };
+                let stats = recompute(clickhouse, &range, now_ns()).await?;
+                report.ranges += 1;
+                report.rows_written += stats.rows_written;
+            }
+            let cleared = ledger::settle(pool, &settings.topology, &windows).await?;
+            report.corrected += cleared;
+            report.remarked += windows.len() as u64 - cleared;
+            m.corrected
+                .with_label_values(&[window.label()])
+                .inc_by(windows.len() as u64);
+        }
+        // A full batch may hide more ready windows; windows marked again meanwhile queued a
+        // job of their own.
+        if pending.len() < usize::try_from(BATCH).unwrap_or(usize::MAX) {
+            return Ok(report);
+        }
+    }
+}
+
+/// The wall clock in ns since the epoch (rollup versions).
+pub(crate) fn now_ns() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)).unwrap_or(0)
+}

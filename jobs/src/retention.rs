@@ -1,0 +1,56 @@
+//! The `retention` job: on servers without TTL, drops monthly partitions of `events` past
+//! `clickhouse.retention_days`, then queues itself again (job key `retention`).
+
+use graphile_worker::{
+    IntoTaskHandlerResult, JobKeyMode, JobSpec, TaskHandler, WorkerContext, WorkerUtils,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::run::tracked;
+
+/// Drops expired partitions (a no-op where ClickHouse applies the table's TTL itself).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct Retention {}
+
+impl TaskHandler for Retention {
+    const IDENTIFIER: &'static str = "retention";
+
+    async fn run(self, ctx: WorkerContext) -> impl IntoTaskHandlerResult {
+        tracked(Self::IDENTIFIER, ctx, |job, pool| async move {
+            let s = &job.settings;
+            let client = &job.clickhouse.0;
+            let show = format!("SHOW CREATE TABLE {}.events", s.clickhouse.database);
+            let ddl: String = client
+                .query(&show)
+                .fetch_one()
+                .await
+                .map_err(|e| format!("reading the events table: {e}"))?;
+            let summary = if ddl.contains("TTL") {
+                "the server applies the table's TTL".to_owned()
+            } else {
+                let now = chrono::Utc::now().timestamp();
+                let dropped =
+                    tally_sinks::clickhouse::drop_expired_partitions(client, &s.clickhouse, now)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                if !dropped.is_empty() {
+                    tracing::info!(?dropped, "dropped expired partitions");
+                }
+                format!("dropped {} partitions {dropped:?}", dropped.len())
+            };
+            let every = i64::try_from(s.retention_check_secs).unwrap_or(3600);
+            let spec = JobSpec {
+                job_key: Some("retention".into()),
+                job_key_mode: Some(JobKeyMode::Replace),
+                run_at: Some(chrono::Utc::now() + chrono::Duration::seconds(every)),
+                ..JobSpec::default()
+            };
+            WorkerUtils::new(pool, crate::QUEUE_SCHEMA)
+                .add_job(Retention {}, spec)
+                .await
+                .map_err(|e| format!("scheduling the next retention run: {e}"))?;
+            Ok(summary)
+        })
+        .await
+    }
+}

@@ -1,0 +1,230 @@
+//! Records of the job queue that outlive the queue's own rows: every run of a job (`job_runs`,
+//! what `tally jobs` lists) and the progress of rebuilds (`rebuilds`).
+//!
+//! The queue itself is graphile_worker's schema (`graphile_worker.jobs`), which deletes a job
+//! when it succeeds; these tables keep the history.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::SinkError;
+
+fn ctx(what: &'static str) -> impl FnOnce(sqlx::Error) -> SinkError {
+    move |e| SinkError::postgres(what, e)
+}
+
+/// Records that a worker started attempt `attempt` of queue job `job_id`; returns the run id.
+pub async fn run_started(
+    pool: &PgPool,
+    job_id: i64,
+    kind: &str,
+    payload: &serde_json::Value,
+    attempt: i16,
+    max_attempts: i16,
+    worker: &str,
+) -> Result<i64, SinkError> {
+    sqlx::query_scalar(
+        "INSERT INTO job_runs (job_id, kind, payload, attempt, max_attempts, worker)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(job_id)
+    .bind(kind)
+    .bind(sqlx::types::Json(payload))
+    .bind(i32::from(attempt))
+    .bind(i32::from(max_attempts))
+    .bind(worker)
+    .fetch_one(pool)
+    .await
+    .map_err(ctx("recording a job run"))
+}
+
+/// Records the end of run `run_id`: `error` is `None` on success. `summary` is a short
+/// human-readable result (e.g. "corrected 12 windows in 3 ranges").
+pub async fn run_finished(
+    pool: &PgPool,
+    run_id: i64,
+    error: Option<&str>,
+    summary: &str,
+) -> Result<(), SinkError> {
+    sqlx::query(
+        "UPDATE job_runs SET state = $2, error = $3, summary = $4, finished_at = now()
+         WHERE id = $1",
+    )
+    .bind(run_id)
+    .bind(if error.is_some() {
+        "failed"
+    } else {
+        "succeeded"
+    })
+    .bind(error)
+    .bind(summary)
+    .execute(pool)
+    .await
+    .map(|_| ())
+    .map_err(ctx("recording the end of a job run"))
+}
+
+/// One run of a job, as `tally jobs` shows it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct JobRun {
+    /// Run id.
+    pub id: i64,
+    /// The queue's job id.
+    pub job_id: i64,
+    /// `correct`, `rebuild` or `retention`.
+    pub kind: String,
+    /// `running`, `succeeded` or `failed` (a run left `running` by a killed worker stays so; the
+    /// job itself is retried).
+    pub state: String,
+    /// Attempt number (1 for the first).
+    pub attempt: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// The failure, if any.
+    pub error: Option<String>,
+    /// What it did.
+    pub summary: Option<String>,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// End, if it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The latest `limit` runs, newest first.
+pub async fn recent_runs(pool: &PgPool, limit: i64) -> Result<Vec<JobRun>, SinkError> {
+    sqlx::query_as(
+        "SELECT id, job_id, kind, state, attempt, max_attempts, error, summary, started_at, finished_at
+         FROM job_runs ORDER BY id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(ctx("reading job runs"))
+}
+
+/// A job in the queue (waiting, scheduled, running or failed for good).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct QueuedJob {
+    /// The queue's job id.
+    pub id: i64,
+    /// Job kind.
+    pub kind: String,
+    /// Attempts started.
+    pub attempts: i16,
+    /// Attempts allowed.
+    pub max_attempts: i16,
+    /// When it may run next.
+    pub run_at: DateTime<Utc>,
+    /// Set while a worker runs it.
+    pub locked_at: Option<DateTime<Utc>>,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+    /// De-duplication key.
+    pub key: Option<String>,
+}
+
+impl QueuedJob {
+    /// `running`, `failed` (attempts exhausted), `retrying` (failed before, waiting),
+    /// `scheduled` (future run) or `queued`.
+    pub fn state(&self, now: DateTime<Utc>) -> &'static str {
+        if self.locked_at.is_some() {
+            "running"
+        } else if self.attempts >= self.max_attempts {
+            "failed"
+        } else if self.attempts > 0 {
+            "retrying"
+        } else if self.run_at > now {
+            "scheduled"
+        } else {
+            "queued"
+        }
+    }
+}
+
+/// Every job in the queue, oldest first.
+pub async fn queued(pool: &PgPool) -> Result<Vec<QueuedJob>, SinkError> {
+    sqlx::query_as(
+        "SELECT id, task_identifier AS kind, attempts, max_attempts, run_at, locked_at, last_error, key
+         FROM graphile_worker.jobs ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(ctx("reading the job queue"))
+}
+
+/// Jobs waiting to run (not locked, attempts left), by kind: the queue-depth metric.
+pub async fn depth(pool: &PgPool) -> Result<Vec<(String, i64)>, SinkError> {
+    sqlx::query_as(
+        "SELECT task_identifier, count(*) FROM graphile_worker.jobs
+         WHERE locked_at IS NULL AND attempts < max_attempts GROUP BY task_identifier",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(ctx("reading the queue depth"))
+}
+
+/// A rebuild's progress.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Rebuild {
+    /// Id (the `rebuild` job's payload names it).
+    pub id: i64,
+    /// Range start, ms since the epoch (aligned down to a day).
+    pub from_ms: i64,
+    /// Range end, exclusive, ms (aligned up to a day).
+    pub to_ms: i64,
+    /// Everything before this is rebuilt, ms.
+    pub done_until_ms: i64,
+    /// Rollup rows written so far.
+    pub rows_written: i64,
+    /// `queued`, `running`, `done` or `failed`.
+    pub state: String,
+    /// The failure, if any.
+    pub error: Option<String>,
+}
+
+/// Creates a rebuild record for `[from_ms, to_ms)`; returns its id.
+pub async fn rebuild_create(pool: &PgPool, from_ms: i64, to_ms: i64) -> Result<i64, SinkError> {
+    sqlx::query_scalar(
+        "INSERT INTO rebuilds (from_ms, to_ms, done_until_ms) VALUES ($1, $2, $1) RETURNING id",
+    )
+    .bind(from_ms)
+    .bind(to_ms)
+    .fetch_one(pool)
+    .await
+    .map_err(ctx("creating a rebuild"))
+}
+
+/// Reads rebuild `id`.
+pub async fn rebuild_get(pool: &PgPool, id: i64) -> Result<Option<Rebuild>, SinkError> {
+    sqlx::query_as(
+        "SELECT id, from_ms, to_ms, done_until_ms, rows_written, state, error FROM rebuilds WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(ctx("reading a rebuild"))
+}
+
+/// Records progress (or the end) of rebuild `id`.
+pub async fn rebuild_update(
+    pool: &PgPool,
+    id: i64,
+    state: &str,
+    done_until_ms: i64,
+    rows_written: i64,
+    error: Option<&str>,
+) -> Result<(), SinkError> {
+    sqlx::query(
+        "UPDATE rebuilds SET state = $2, done_until_ms = $3, rows_written = $4, error = $5,
+                updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(done_until_ms)
+    .bind(rows_written)
+    .bind(error)
+    .execute(pool)
+    .await
+    .map(|_| ())
+    .map_err(ctx("recording rebuild progress"))
+}

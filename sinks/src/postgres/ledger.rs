@@ -1,0 +1,224 @@
+//! The late-event ledger (`late_windows`): which closed windows received late events, and
+//! whether their correction is still pending.
+//!
+//! One row per (topology, window name, window start). The pipeline's sink upserts a row for every
+//! window a late event falls in ([`mark_late`]) *after* ClickHouse acknowledged the batch that
+//! holds the event's raw row, and before the batch counts as acknowledged, so no Kafka offset is
+//! committed past a late event whose window is not marked. The same transaction queues a
+//! `correct` job (one pending at a time: graphile_worker job key `correct`), so many late events
+//! cause one job, which corrects every pending window with range queries.
+//!
+//! `generation` grows with every mark: a correction clears a row only if no mark arrived while it
+//! ran ([`settle`]); otherwise the row stays pending and the newer mark's job corrects it again.
+
+use sqlx::PgPool;
+
+use crate::SinkError;
+
+/// The topology every window belongs to until topologies are configurable.
+pub const DEFAULT_TOPOLOGY: &str = "product_analytics";
+
+/// Late events received by one window in one sink batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LateMark {
+    /// The window's name as stored and queried (`1m`, `1h`, `1d`).
+    pub window: String,
+    /// Window start, milliseconds since the Unix epoch.
+    pub start_ms: i64,
+    /// Late events counted (events read again after a restart are not counted, but still mark
+    /// the window).
+    pub late_events: i64,
+}
+
+/// A window waiting for its correction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingWindow {
+    /// Window name (`1m`, `1h`, `1d`).
+    pub window: String,
+    /// Window start, ms since the epoch.
+    pub start_ms: i64,
+    /// The mark count this correction answers; see [`settle`].
+    pub generation: i64,
+    /// When the window was first marked since its last correction, ms since the epoch.
+    pub pending_since_ms: i64,
+}
+
+/// Records `marks` (merged with what the ledger holds) and queues one `correct` job, in one
+/// transaction. Errors: [`SinkError::Postgres`] (retryable when PostgreSQL is unavailable;
+/// a missing table or job schema means `tally migrate` was not run).
+pub async fn mark_late(pool: &PgPool, topology: &str, marks: &[LateMark]) -> Result<(), SinkError> {
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let ctx = |what: &'static str| move |e| SinkError::postgres(what, e);
+    let windows: Vec<&str> = marks.iter().map(|m| m.window.as_str()).collect();
+    let starts: Vec<i64> = marks.iter().map(|m| m.start_ms).collect();
+    let counts: Vec<i64> = marks.iter().map(|m| m.late_events).collect();
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(ctx("starting a ledger update"))?;
+    sqlx::query(
+        "INSERT INTO late_windows AS l (topology, window_name, window_start_ms, late_events, pending_since)
+         SELECT $1, w, s, n, now() FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) AS m(w, s, n)
+         ON CONFLICT (topology, window_name, window_start_ms) DO UPDATE
+         SET late_events = l.late_events + EXCLUDED.late_events,
+             last_late_at = now(),
+             pending_since = COALESCE(l.pending_since, now()),
+             generation = l.generation + 1",
+    )
+    .bind(topology)
+    .bind(&windows)
+    .bind(&starts)
+    .bind(&counts)
+    .execute(&mut *tx)
+    .await
+    .map_err(ctx("marking late windows"))?;
+    queue_correction(&mut tx, None).await?;
+    tx.commit().await.map_err(ctx("committing late windows"))
+}
+
+/// Queues the `correct` job (job key `correct`: at most one waiting; if one is running, a new
+/// one is queued, so marks that arrive during a correction are corrected after it). `delay_ms`
+/// postpones it (used to retry windows that cannot be corrected yet).
+pub async fn queue_correction(
+    conn: &mut sqlx::PgConnection,
+    delay_ms: Option<u64>,
+) -> Result<(), SinkError> {
+    let delay = i64::try_from(delay_ms.unwrap_or(0)).unwrap_or(i64::MAX);
+    sqlx::query(
+        "SELECT graphile_worker.add_job('correct', '{}'::json,
+             run_at := now() + make_interval(secs => $1::double precision / 1000),
+             job_key := 'correct', job_key_mode := 'preserve_run_at')",
+    )
+    .bind(delay)
+    .execute(conn)
+    .await
+    .map(|_| ())
+    .map_err(|e| SinkError::postgres("queueing a correction", e))
+}
+
+/// Pending windows of `topology`, oldest start first, at most `limit`.
+pub async fn pending(
+    pool: &PgPool,
+    topology: &str,
+    limit: i64,
+) -> Result<Vec<PendingWindow>, SinkError> {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT window_name, window_start_ms, generation,
+                (extract(epoch from pending_since) * 1000)::bigint
+         FROM late_windows
+         WHERE topology = $1 AND pending_since IS NOT NULL
+         ORDER BY window_name, window_start_ms LIMIT $2",
+    )
+    .bind(topology)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| SinkError::postgres("reading pending corrections", e))?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(window, start_ms, generation, pending_since_ms)| PendingWindow {
+                window,
+                start_ms,
+                generation,
+                pending_since_ms,
+            },
+        )
+        .collect())
+}
+
+/// Marks `windows` corrected, each only if its generation is unchanged (no newer late event
+/// arrived during the correction). Returns how many were cleared.
+pub async fn settle(
+    pool: &PgPool,
+    topology: &str,
+    windows: &[PendingWindow],
+) -> Result<u64, SinkError> {
+    let names: Vec<&str> = windows.iter().map(|w| w.window.as_str()).collect();
+    let starts: Vec<i64> = windows.iter().map(|w| w.start_ms).collect();
+    let generations: Vec<i64> = windows.iter().map(|w| w.generation).collect();
+    let done = sqlx::query(
+        "UPDATE late_windows AS l
+         SET pending_since = NULL, corrections = l.corrections + 1, last_corrected_at = now()
+         FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) AS d(w, s, g)
+         WHERE l.topology = $1 AND l.window_name = d.w AND l.window_start_ms = d.s
+           AND l.generation = d.g",
+    )
+    .bind(topology)
+    .bind(&names)
+    .bind(&starts)
+    .bind(&generations)
+    .execute(pool)
+    .await
+    .map_err(|e| SinkError::postgres("settling corrections", e))?;
+    Ok(done.rows_affected())
+}
+
+/// Windows named `window` starting in `[from_ms, to_ms)` whose correction is pending: what
+/// `/reports` answers as `pending_corrections`.
+pub async fn pending_in_range(
+    pool: &PgPool,
+    topology: &str,
+    window: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<i64, SinkError> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM late_windows
+         WHERE topology = $1 AND window_name = $2 AND pending_since IS NOT NULL
+           AND window_start_ms >= $3 AND window_start_ms < $4",
+    )
+    .bind(topology)
+    .bind(window)
+    .bind(from_ms)
+    .bind(to_ms)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| SinkError::postgres("counting pending corrections", e))
+}
+
+/// Totals for metrics and `tally jobs`: (pending windows, seconds since the oldest pending mark
+/// or 0).
+pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), SinkError> {
+    sqlx::query_as(
+        "SELECT count(*), COALESCE(extract(epoch from now() - min(pending_since)), 0)::float8
+         FROM late_windows WHERE pending_since IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(|e| SinkError::postgres("reading the correction backlog", e))
+}
+
+/// One window's ledger entry, as `tally jobs --late` shows it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct LedgerEntry {
+    /// Window name.
+    pub window_name: String,
+    /// Window start, ms since the epoch.
+    pub window_start_ms: i64,
+    /// Late events received (at least once: a crash before a progress save may count again).
+    pub late_events: i64,
+    /// Corrections done.
+    pub corrections: i32,
+    /// Whether a correction is pending.
+    pub pending: bool,
+    /// Last late event, RFC 3339.
+    pub last_late_at: chrono::DateTime<chrono::Utc>,
+    /// Last correction.
+    pub last_corrected_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The most recently marked windows, newest first.
+pub async fn recent(pool: &PgPool, limit: i64) -> Result<Vec<LedgerEntry>, SinkError> {
+    sqlx::query_as(
+        "SELECT window_name, window_start_ms, late_events, corrections,
+                pending_since IS NOT NULL AS pending, last_late_at, last_corrected_at
+         FROM late_windows ORDER BY last_late_at DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| SinkError::postgres("reading the late-event ledger", e))
+}
