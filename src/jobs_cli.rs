@@ -72,8 +72,16 @@ pub async fn rebuild(config: &TallyConfig, args: &RebuildArgs) -> anyhow::Result
         i64::try_from(from).unwrap_or(i64::MAX),
         i64::try_from(to).unwrap_or(i64::MAX),
     );
-    let id = records::rebuild_create(&pool, from_ms, to_ms).await?;
-    tally_jobs::enqueue(&pool, tally_jobs::Rebuild { rebuild_id: id }, None).await?;
+    let pipeline = &config.pipeline.name;
+    let id = records::rebuild_create(&pool, pipeline, from_ms, to_ms).await?;
+    tally_jobs::enqueue(
+        &pool,
+        pipeline,
+        tally_jobs::Rebuild { rebuild_id: id },
+        None,
+        None,
+    )
+    .await?;
     eprintln!(
         "rebuild {id}: {} to {} queued ({} days)",
         rfc3339(from_ms),
@@ -140,9 +148,12 @@ pub async fn rebuild(config: &TallyConfig, args: &RebuildArgs) -> anyhow::Result
             last_line = Instant::now();
         }
         // A job that failed for good never sets `failed` itself: check the queue.
-        let failed = records::queued(&pool).await?.into_iter().find(|j| {
-            j.kind == "rebuild" && j.attempts >= j.max_attempts && j.last_error.is_some()
-        });
+        let failed = records::queued(&pool, pipeline)
+            .await?
+            .into_iter()
+            .find(|j| {
+                j.kind == "rebuild" && j.attempts >= j.max_attempts && j.last_error.is_some()
+            });
         if let Some(j) = failed {
             bail!(
                 "rebuild {id} failed after {} attempts: {}",
@@ -158,7 +169,8 @@ pub async fn rebuild(config: &TallyConfig, args: &RebuildArgs) -> anyhow::Result
 pub async fn jobs(config: &TallyConfig, args: &JobsArgs) -> anyhow::Result<()> {
     let pool = tally_sinks::postgres::connect(&config.postgres).await?;
     let now = Utc::now();
-    let queued = records::queued(&pool).await?;
+    let pipeline = &config.pipeline.name;
+    let queued = records::queued(&pool, pipeline).await?;
     println!("queue ({} jobs):", queued.len());
     if !queued.is_empty() {
         println!(
@@ -182,7 +194,7 @@ pub async fn jobs(config: &TallyConfig, args: &JobsArgs) -> anyhow::Result<()> {
                 .unwrap_or("")
         );
     }
-    let runs = records::recent_runs(&pool, args.limit).await?;
+    let runs = records::recent_runs(&pool, pipeline, args.limit).await?;
     println!("recent runs ({}):", runs.len());
     if !runs.is_empty() {
         println!(
@@ -213,10 +225,10 @@ pub async fn jobs(config: &TallyConfig, args: &JobsArgs) -> anyhow::Result<()> {
             r.error.as_deref().or(r.summary.as_deref()).unwrap_or("")
         );
     }
-    let (pending, lag) = ledger::backlog(&pool).await?;
+    let (pending, lag) = ledger::backlog(&pool, pipeline).await?;
     println!("corrections: {pending} windows pending, oldest {lag:.1} s");
     if args.late {
-        let entries = ledger::recent(&pool, args.limit).await?;
+        let entries = ledger::recent(&pool, pipeline, args.limit).await?;
         println!("late-event ledger (latest {}):", entries.len());
         println!(
             "  {:<6} {:<20} {:>11} {:>11}  {:<8} {:<20}  last corrected",

@@ -259,6 +259,7 @@ pub async fn get_report(
     let complete_until = complete_until(&state, q.window).await.map(rfc3339);
     let pending_corrections = tally_sinks::postgres::ledger::pending_in_range(
         &state.postgres,
+        &state.pipeline_name,
         tally_sinks::postgres::ledger::DEFAULT_TOPOLOGY,
         q.window.label(),
         i64::try_from(q.window.start_of(ms(q.from))).unwrap_or(i64::MAX),

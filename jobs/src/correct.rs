@@ -34,7 +34,7 @@ impl TaskHandler for Correct {
                 .map_err(|e| e.to_string())?;
             if report.waiting > 0 {
                 let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
-                ledger::queue_correction(&mut conn, Some(1_000))
+                ledger::queue_correction(&mut conn, &job.settings.pipeline, Some(1_000))
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -104,7 +104,7 @@ pub async fn correct_pending(
         .await
         .map_err(|e| SinkError::postgres("reading the pipeline frontier", e))?;
         let frontier = u64::try_from(frontier.unwrap_or(0)).unwrap_or(0);
-        let pending = ledger::pending(pool, &settings.topology, BATCH).await?;
+        let pending = ledger::pending(pool, &settings.pipeline, &settings.topology, BATCH).await?;
         let mut ready: BTreeMap<Window, Vec<PendingWindow>> = BTreeMap::new();
         let mut unknown = Vec::new();
         report.waiting = 0;
@@ -126,7 +126,7 @@ pub async fn correct_pending(
                 windows = unknown.len(),
                 "ledger windows of kinds this build does not aggregate; cleared"
             );
-            ledger::settle(pool, &settings.topology, &unknown).await?;
+            ledger::settle(pool, &settings.pipeline, &settings.topology, &unknown).await?;
         }
         if ready.is_empty() {
             return Ok(report);
@@ -149,7 +149,8 @@ pub async fn correct_pending(
                 report.ranges += 1;
                 report.rows_written += stats.rows_written;
             }
-            let cleared = ledger::settle(pool, &settings.topology, &windows).await?;
+            let cleared =
+                ledger::settle(pool, &settings.pipeline, &settings.topology, &windows).await?;
             report.corrected += cleared;
             report.remarked += windows.len() as u64 - cleared;
             m.corrected

@@ -27,6 +27,7 @@ use std::time::Duration;
 use graphile_worker::{JobKeyMode, JobSpec, WorkerOptions, WorkerUtils};
 use tally_operators::Window;
 use tally_sinks::clickhouse::ClickHouseConfig;
+use tally_sinks::postgres::ledger;
 use tally_sinks::SinkError;
 
 pub use correct::{correct_pending, Correct, CorrectionReport};
@@ -91,16 +92,21 @@ pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), JobsError> {
         .map_err(|e| JobsError::Queue(format!("installing the job queue schema: {e}")))
 }
 
-/// Queues a job of kind `T` with `payload`; `key` de-duplicates (a waiting job with the same key
-/// is replaced). Returns the queue's job id.
+/// Queues a job of kind `T` with `payload` for `pipeline`'s workers (flag `pipeline:<name>`);
+/// `key` de-duplicates within the pipeline (a waiting job with the same key is replaced).
+/// Returns the queue's job id.
 pub async fn enqueue<T: graphile_worker::TaskHandler>(
     pool: &sqlx::PgPool,
+    pipeline: &str,
     payload: T,
-    key: Option<String>,
+    key: Option<&str>,
+    run_at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<i64, JobsError> {
     let spec = JobSpec {
-        job_key: key,
+        job_key: key.map(|k| format!("{k}:{pipeline}")),
         job_key_mode: Some(JobKeyMode::Replace),
+        flags: Some(vec![ledger::pipeline_flag(pipeline)]),
+        run_at,
         ..JobSpec::default()
     };
     let job = WorkerUtils::new(pool.clone(), QUEUE_SCHEMA)
@@ -122,6 +128,7 @@ pub async fn run_worker(
 ) -> Result<(), JobsError> {
     let clickhouse = ClickHouseClient(tally_sinks::clickhouse::connect(&settings.clickhouse, true));
     let concurrency = settings.concurrency.max(1);
+    let pipeline = settings.pipeline.clone();
     let context = JobContext {
         settings: Arc::new(settings),
         clickhouse,
@@ -140,6 +147,8 @@ pub async fn run_worker(
         .sweep_interval(Duration::from_secs(10))
         .sweep_threshold(Duration::from_secs(30))
         .recovery_delay(Duration::from_secs(1))
+        // Only this pipeline's jobs: pipelines may share a PostgreSQL database.
+        .add_accepted_flag(&ledger::pipeline_flag(&pipeline))
         .add_extension(context)
         .define_job::<Correct>()
         .define_job::<Rebuild>()
@@ -151,14 +160,14 @@ pub async fn run_worker(
                 "starting the worker (run `tally migrate` first?): {e}"
             ))
         })?;
-    enqueue(&pool, Retention {}, Some("retention".into())).await?;
+    enqueue(&pool, &pipeline, Retention {}, Some("retention"), None).await?;
     let mut conn = pool
         .acquire()
         .await
         .map_err(|e| SinkError::postgres("queueing a correction", e))?;
-    tally_sinks::postgres::ledger::queue_correction(&mut conn, None).await?;
+    ledger::queue_correction(&mut conn, &pipeline, None).await?;
     drop(conn);
-    let gauges = tokio::spawn(metrics::export_loop(pool));
+    let gauges = tokio::spawn(metrics::export_loop(pool, pipeline));
     tracing::info!(concurrency, "job worker running");
     let result = worker
         .run()

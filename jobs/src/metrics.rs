@@ -83,16 +83,16 @@ impl Metrics {
 }
 
 /// Every 5 s, sets the queue-depth and correction gauges from PostgreSQL.
-pub(crate) async fn export_loop(pool: sqlx::PgPool) {
+pub(crate) async fn export_loop(pool: sqlx::PgPool, pipeline: String) {
     let m = Metrics::get();
     loop {
-        if let Ok(depth) = tally_sinks::postgres::jobs::depth(&pool).await {
+        if let Ok(depth) = tally_sinks::postgres::jobs::depth(&pool, &pipeline).await {
             m.queue_depth.reset();
             for (kind, n) in depth {
                 m.queue_depth.with_label_values(&[kind.as_str()]).set(n);
             }
         }
-        if let Ok((pending, lag)) = tally_sinks::postgres::ledger::backlog(&pool).await {
+        if let Ok((pending, lag)) = tally_sinks::postgres::ledger::backlog(&pool, &pipeline).await {
             m.pending_corrections.set(pending);
             m.correction_lag.set(lag);
         }

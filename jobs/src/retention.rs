@@ -1,9 +1,7 @@
 //! The `retention` job: on servers without TTL, drops monthly partitions of `events` past
 //! `clickhouse.retention_days`, then queues itself again (job key `retention`).
 
-use graphile_worker::{
-    IntoTaskHandlerResult, JobKeyMode, JobSpec, TaskHandler, WorkerContext, WorkerUtils,
-};
+use graphile_worker::{IntoTaskHandlerResult, TaskHandler, WorkerContext};
 use serde::{Deserialize, Serialize};
 
 use crate::run::tracked;
@@ -39,16 +37,16 @@ impl TaskHandler for Retention {
                 format!("dropped {} partitions {dropped:?}", dropped.len())
             };
             let every = i64::try_from(s.retention_check_secs).unwrap_or(3600);
-            let spec = JobSpec {
-                job_key: Some("retention".into()),
-                job_key_mode: Some(JobKeyMode::Replace),
-                run_at: Some(chrono::Utc::now() + chrono::Duration::seconds(every)),
-                ..JobSpec::default()
-            };
-            WorkerUtils::new(pool, crate::QUEUE_SCHEMA)
-                .add_job(Retention {}, spec)
-                .await
-                .map_err(|e| format!("scheduling the next retention run: {e}"))?;
+            let next = chrono::Utc::now() + chrono::Duration::seconds(every);
+            crate::enqueue(
+                &pool,
+                &s.pipeline,
+                Retention {},
+                Some("retention"),
+                Some(next),
+            )
+            .await
+            .map_err(|e| format!("scheduling the next retention run: {e}"))?;
             Ok(summary)
         })
         .await

@@ -25,18 +25,19 @@ where
     };
     let pool = ctx.pg_pool().clone();
     let job = ctx.job();
-    let run = tally_sinks::postgres::jobs::run_started(
-        &pool,
-        *job.id(),
+    let start = tally_sinks::postgres::jobs::RunStart {
+        pipeline: &job_ctx.settings.pipeline,
+        job_id: *job.id(),
         kind,
-        job.payload(),
-        *job.attempts(),
-        *job.max_attempts(),
-        ctx.worker_id(),
-    )
-    .await
-    .map_err(|e| tracing::warn!(error = %e, kind, "could not record a job run"))
-    .ok();
+        payload: job.payload(),
+        attempt: *job.attempts(),
+        max_attempts: *job.max_attempts(),
+        worker: ctx.worker_id(),
+    };
+    let run = tally_sinks::postgres::jobs::run_started(&pool, start)
+        .await
+        .map_err(|e| tracing::warn!(error = %e, kind, "could not record a job run"))
+        .ok();
     let started = Instant::now();
     let result = work(job_ctx, pool.clone()).await;
     let seconds = started.elapsed().as_secs_f64();

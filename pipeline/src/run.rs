@@ -349,6 +349,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
         activator: Rc::new(RefCell::new(None)),
         ledger: LateLedger {
             pool: shared.pool.clone(),
+            pipeline: p.name.clone(),
             topology: tally_sinks::postgres::ledger::DEFAULT_TOPOLOGY.to_owned(),
             windows: spec.windows.clone(),
             grace_ms: p.grace_ms,

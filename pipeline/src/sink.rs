@@ -70,6 +70,8 @@ pub struct SinkContext {
 pub struct LateLedger {
     /// PostgreSQL.
     pub pool: sqlx::PgPool,
+    /// The pipeline's name (the ledger and its jobs are per pipeline).
+    pub pipeline: String,
     /// The topology the windows belong to.
     pub topology: String,
     /// The rollups' window kinds.
@@ -261,7 +263,7 @@ fn spawn_write(
 async fn mark_late(ledger: &LateLedger, marks: &[LateMark]) -> Result<(), tally_sinks::SinkError> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match ledger::mark_late(&ledger.pool, &ledger.topology, marks).await {
+        match ledger::mark_late(&ledger.pool, &ledger.pipeline, &ledger.topology, marks).await {
             Ok(()) => {
                 let m = Metrics::get();
                 m.late_windows_marked.inc_by(marks.len() as u64);

@@ -181,6 +181,42 @@ pub fn start_pipeline(
     )
 }
 
+/// The job settings matching a test's pipeline settings.
+pub fn job_settings(settings: &PipelineSettings) -> tally_jobs::JobSettings {
+    tally_jobs::JobSettings {
+        clickhouse: settings.clickhouse.clone(),
+        pipeline: settings.pipeline.name.clone(),
+        topology: tally_sinks::postgres::ledger::DEFAULT_TOPOLOGY.to_owned(),
+        windows: tally_pipeline::WINDOWS.to_vec(),
+        grace_ms: settings.pipeline.grace_ms,
+        retention_check_secs: settings.pipeline.retention_check_secs,
+        concurrency: 2,
+    }
+}
+
+/// Runs a job worker for the test's pipeline on `rt` until the returned flag is set.
+pub fn start_worker(
+    settings: &PipelineSettings,
+    rt: &tokio::runtime::Runtime,
+) -> (
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<Result<(), tally_jobs::JobsError>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let (job_settings, postgres) = (job_settings(settings), settings.postgres.clone());
+    let task = rt.spawn(async move {
+        let pool = tally_sinks::postgres::connect(&postgres).await?;
+        let until = async move {
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        };
+        tally_jobs::run_worker(job_settings, pool, until).await
+    });
+    (stop, task)
+}
+
 pub async fn report(
     st: &Stack,
     metric: &str,
@@ -319,6 +355,7 @@ pub fn setup(tag: &str) -> anyhow::Result<(tokio::runtime::Runtime, Stack)> {
         tally_pipeline::kafka::ensure_topics(&s.kafka).await?;
         tally_sinks::clickhouse::migrate(&s.clickhouse).await?;
         let pool = tally_sinks::postgres::connect(&s.postgres).await?;
+        tally_jobs::migrate(&pool).await?;
         tally_sinks::postgres::migrate(&pool).await?;
         let state = AppState {
             config: Arc::new(ApiConfig::default()),

@@ -13,19 +13,39 @@ fn ctx(what: &'static str) -> impl FnOnce(sqlx::Error) -> SinkError {
     move |e| SinkError::postgres(what, e)
 }
 
-/// Records that a worker started attempt `attempt` of queue job `job_id`; returns the run id.
-pub async fn run_started(
-    pool: &PgPool,
-    job_id: i64,
-    kind: &str,
-    payload: &serde_json::Value,
-    attempt: i16,
-    max_attempts: i16,
-    worker: &str,
-) -> Result<i64, SinkError> {
+/// One attempt of a queued job, as a worker starts it.
+#[derive(Clone, Copy, Debug)]
+pub struct RunStart<'a> {
+    /// The pipeline whose job it is.
+    pub pipeline: &'a str,
+    /// The queue's job id.
+    pub job_id: i64,
+    /// Job kind.
+    pub kind: &'a str,
+    /// Its arguments.
+    pub payload: &'a serde_json::Value,
+    /// Attempt number (1 for the first).
+    pub attempt: i16,
+    /// Attempts allowed.
+    pub max_attempts: i16,
+    /// The worker's id.
+    pub worker: &'a str,
+}
+
+/// Records that a worker started a job attempt; returns the run id.
+pub async fn run_started(pool: &PgPool, run: RunStart<'_>) -> Result<i64, SinkError> {
+    let RunStart {
+        pipeline,
+        job_id,
+        kind,
+        payload,
+        attempt,
+        max_attempts,
+        worker,
+    } = run;
     sqlx::query_scalar(
-        "INSERT INTO job_runs (job_id, kind, payload, attempt, max_attempts, worker)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        "INSERT INTO job_runs (job_id, kind, payload, attempt, max_attempts, worker, pipeline)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     )
     .bind(job_id)
     .bind(kind)
@@ -33,6 +53,7 @@ pub async fn run_started(
     .bind(i32::from(attempt))
     .bind(i32::from(max_attempts))
     .bind(worker)
+    .bind(pipeline)
     .fetch_one(pool)
     .await
     .map_err(ctx("recording a job run"))
@@ -90,13 +111,18 @@ pub struct JobRun {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// The latest `limit` runs, newest first.
-pub async fn recent_runs(pool: &PgPool, limit: i64) -> Result<Vec<JobRun>, SinkError> {
+/// `pipeline`'s latest `limit` runs, newest first.
+pub async fn recent_runs(
+    pool: &PgPool,
+    pipeline: &str,
+    limit: i64,
+) -> Result<Vec<JobRun>, SinkError> {
     sqlx::query_as(
         "SELECT id, job_id, kind, state, attempt, max_attempts, error, summary, started_at, finished_at
-         FROM job_runs ORDER BY id DESC LIMIT $1",
+         FROM job_runs WHERE pipeline = $2 ORDER BY id DESC LIMIT $1",
     )
     .bind(limit)
+    .bind(pipeline)
     .fetch_all(pool)
     .await
     .map_err(ctx("reading job runs"))
@@ -141,23 +167,27 @@ impl QueuedJob {
     }
 }
 
-/// Every job in the queue, oldest first.
-pub async fn queued(pool: &PgPool) -> Result<Vec<QueuedJob>, SinkError> {
+/// `pipeline`'s jobs in the queue (flag `pipeline:<name>`), oldest first.
+pub async fn queued(pool: &PgPool, pipeline: &str) -> Result<Vec<QueuedJob>, SinkError> {
     sqlx::query_as(
         "SELECT id, task_identifier AS kind, attempts, max_attempts, run_at, locked_at, last_error, key
-         FROM graphile_worker.jobs ORDER BY id",
+         FROM graphile_worker.jobs WHERE flags ? $1 ORDER BY id",
     )
+    .bind(super::ledger::pipeline_flag(pipeline))
     .fetch_all(pool)
     .await
     .map_err(ctx("reading the job queue"))
 }
 
-/// Jobs waiting to run (not locked, attempts left), by kind: the queue-depth metric.
-pub async fn depth(pool: &PgPool) -> Result<Vec<(String, i64)>, SinkError> {
+/// `pipeline`'s jobs waiting to run (not locked, attempts left), by kind: the queue-depth
+/// metric.
+pub async fn depth(pool: &PgPool, pipeline: &str) -> Result<Vec<(String, i64)>, SinkError> {
     sqlx::query_as(
         "SELECT task_identifier, count(*) FROM graphile_worker.jobs
-         WHERE locked_at IS NULL AND attempts < max_attempts GROUP BY task_identifier",
+         WHERE locked_at IS NULL AND attempts < max_attempts AND flags ? $1
+         GROUP BY task_identifier",
     )
+    .bind(super::ledger::pipeline_flag(pipeline))
     .fetch_all(pool)
     .await
     .map_err(ctx("reading the queue depth"))
@@ -182,13 +212,19 @@ pub struct Rebuild {
     pub error: Option<String>,
 }
 
-/// Creates a rebuild record for `[from_ms, to_ms)`; returns its id.
-pub async fn rebuild_create(pool: &PgPool, from_ms: i64, to_ms: i64) -> Result<i64, SinkError> {
+/// Creates a rebuild record of `pipeline` for `[from_ms, to_ms)`; returns its id.
+pub async fn rebuild_create(
+    pool: &PgPool,
+    pipeline: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<i64, SinkError> {
     sqlx::query_scalar(
-        "INSERT INTO rebuilds (from_ms, to_ms, done_until_ms) VALUES ($1, $2, $1) RETURNING id",
+        "INSERT INTO rebuilds (pipeline, from_ms, to_ms, done_until_ms) VALUES ($3, $1, $2, $1) RETURNING id",
     )
     .bind(from_ms)
     .bind(to_ms)
+    .bind(pipeline)
     .fetch_one(pool)
     .await
     .map_err(ctx("creating a rebuild"))

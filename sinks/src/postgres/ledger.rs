@@ -1,12 +1,14 @@
 //! The late-event ledger (`late_windows`): which closed windows received late events, and
 //! whether their correction is still pending.
 //!
-//! One row per (topology, window name, window start). The pipeline's sink upserts a row for every
+//! One row per (pipeline, topology, window name, window start): pipelines sharing a PostgreSQL
+//! database (each writing its own ClickHouse database) keep separate ledgers and jobs. The pipeline's sink upserts a row for every
 //! window a late event falls in ([`mark_late`]) *after* ClickHouse acknowledged the batch that
 //! holds the event's raw row, and before the batch counts as acknowledged, so no Kafka offset is
 //! committed past a late event whose window is not marked. The same transaction queues a
-//! `correct` job (one pending at a time: graphile_worker job key `correct`), so many late events
-//! cause one job, which corrects every pending window with range queries.
+//! `correct` job (one waiting at a time per pipeline: graphile_worker job key
+//! `correct:<pipeline>`, flag `pipeline:<pipeline>` so that only that pipeline's workers run it),
+//! so many late events cause one job, which corrects every pending window with range queries.
 //!
 //! `generation` grows with every mark: a correction clears a row only if no mark arrived while it
 //! ran ([`settle`]); otherwise the row stays pending and the newer mark's job corrects it again.
@@ -46,7 +48,12 @@ pub struct PendingWindow {
 /// Records `marks` (merged with what the ledger holds) and queues one `correct` job, in one
 /// transaction. Errors: [`SinkError::Postgres`] (retryable when PostgreSQL is unavailable;
 /// a missing table or job schema means `tally migrate` was not run).
-pub async fn mark_late(pool: &PgPool, topology: &str, marks: &[LateMark]) -> Result<(), SinkError> {
+pub async fn mark_late(
+    pool: &PgPool,
+    pipeline: &str,
+    topology: &str,
+    marks: &[LateMark],
+) -> Result<(), SinkError> {
     if marks.is_empty() {
         return Ok(());
     }
@@ -59,9 +66,9 @@ pub async fn mark_late(pool: &PgPool, topology: &str, marks: &[LateMark]) -> Res
         .await
         .map_err(ctx("starting a ledger update"))?;
     sqlx::query(
-        "INSERT INTO late_windows AS l (topology, window_name, window_start_ms, late_events, pending_since)
-         SELECT $1, w, s, n, now() FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) AS m(w, s, n)
-         ON CONFLICT (topology, window_name, window_start_ms) DO UPDATE
+        "INSERT INTO late_windows AS l (pipeline, topology, window_name, window_start_ms, late_events, pending_since)
+         SELECT $5, $1, w, s, n, now() FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) AS m(w, s, n)
+         ON CONFLICT (pipeline, topology, window_name, window_start_ms) DO UPDATE
          SET late_events = l.late_events + EXCLUDED.late_events,
              last_late_at = now(),
              pending_since = COALESCE(l.pending_since, now()),
@@ -71,27 +78,36 @@ pub async fn mark_late(pool: &PgPool, topology: &str, marks: &[LateMark]) -> Res
     .bind(&windows)
     .bind(&starts)
     .bind(&counts)
+    .bind(pipeline)
     .execute(&mut *tx)
     .await
     .map_err(ctx("marking late windows"))?;
-    queue_correction(&mut tx, None).await?;
+    queue_correction(&mut tx, pipeline, None).await?;
     tx.commit().await.map_err(ctx("committing late windows"))
 }
 
-/// Queues the `correct` job (job key `correct`: at most one waiting; if one is running, a new
-/// one is queued, so marks that arrive during a correction are corrected after it). `delay_ms`
-/// postpones it (used to retry windows that cannot be corrected yet).
+/// The graphile_worker flag that routes a job to `pipeline`'s workers.
+pub fn pipeline_flag(pipeline: &str) -> String {
+    format!("pipeline:{pipeline}")
+}
+
+/// Queues `pipeline`'s `correct` job (job key `correct:<pipeline>`: at most one waiting; if one
+/// is running, a new one is queued, so marks that arrive during a correction are corrected after
+/// it). `delay_ms` postpones it (used to retry windows that cannot be corrected yet).
 pub async fn queue_correction(
     conn: &mut sqlx::PgConnection,
+    pipeline: &str,
     delay_ms: Option<u64>,
 ) -> Result<(), SinkError> {
     let delay = i64::try_from(delay_ms.unwrap_or(0)).unwrap_or(i64::MAX);
     sqlx::query(
         "SELECT graphile_worker.add_job('correct', '{}'::json,
              run_at := now() + make_interval(secs => $1::double precision / 1000),
-             job_key := 'correct', job_key_mode := 'preserve_run_at')",
+             job_key := $2, flags := ARRAY[$3], job_key_mode := 'preserve_run_at')",
     )
     .bind(delay)
+    .bind(format!("correct:{pipeline}"))
+    .bind(pipeline_flag(pipeline))
     .execute(conn)
     .await
     .map(|_| ())
@@ -101,6 +117,7 @@ pub async fn queue_correction(
 /// Pending windows of `topology`, oldest start first, at most `limit`.
 pub async fn pending(
     pool: &PgPool,
+    pipeline: &str,
     topology: &str,
     limit: i64,
 ) -> Result<Vec<PendingWindow>, SinkError> {
@@ -108,11 +125,12 @@ pub async fn pending(
         "SELECT window_name, window_start_ms, generation,
                 (extract(epoch from pending_since) * 1000)::bigint
          FROM late_windows
-         WHERE topology = $1 AND pending_since IS NOT NULL
+         WHERE topology = $1 AND pending_since IS NOT NULL AND pipeline = $3
          ORDER BY window_name, window_start_ms LIMIT $2",
     )
     .bind(topology)
     .bind(limit)
+    .bind(pipeline)
     .fetch_all(pool)
     .await
     .map_err(|e| SinkError::postgres("reading pending corrections", e))?;
@@ -133,6 +151,7 @@ pub async fn pending(
 /// arrived during the correction). Returns how many were cleared.
 pub async fn settle(
     pool: &PgPool,
+    pipeline: &str,
     topology: &str,
     windows: &[PendingWindow],
 ) -> Result<u64, SinkError> {
@@ -144,12 +163,13 @@ pub async fn settle(
          SET pending_since = NULL, corrections = l.corrections + 1, last_corrected_at = now()
          FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) AS d(w, s, g)
          WHERE l.topology = $1 AND l.window_name = d.w AND l.window_start_ms = d.s
-           AND l.generation = d.g",
+           AND l.generation = d.g AND l.pipeline = $5",
     )
     .bind(topology)
     .bind(&names)
     .bind(&starts)
     .bind(&generations)
+    .bind(pipeline)
     .execute(pool)
     .await
     .map_err(|e| SinkError::postgres("settling corrections", e))?;
@@ -160,6 +180,7 @@ pub async fn settle(
 /// `/reports` answers as `pending_corrections`.
 pub async fn pending_in_range(
     pool: &PgPool,
+    pipeline: &str,
     topology: &str,
     window: &str,
     from_ms: i64,
@@ -168,24 +189,26 @@ pub async fn pending_in_range(
     sqlx::query_scalar(
         "SELECT count(*) FROM late_windows
          WHERE topology = $1 AND window_name = $2 AND pending_since IS NOT NULL
-           AND window_start_ms >= $3 AND window_start_ms < $4",
+           AND window_start_ms >= $3 AND window_start_ms < $4 AND pipeline = $5",
     )
     .bind(topology)
     .bind(window)
     .bind(from_ms)
     .bind(to_ms)
+    .bind(pipeline)
     .fetch_one(pool)
     .await
     .map_err(|e| SinkError::postgres("counting pending corrections", e))
 }
 
 /// Totals for metrics and `tally jobs`: (pending windows, seconds since the oldest pending mark
-/// or 0).
-pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), SinkError> {
+/// or 0), for `pipeline`.
+pub async fn backlog(pool: &PgPool, pipeline: &str) -> Result<(i64, f64), SinkError> {
     sqlx::query_as(
         "SELECT count(*), COALESCE(extract(epoch from now() - min(pending_since)), 0)::float8
-         FROM late_windows WHERE pending_since IS NOT NULL",
+         FROM late_windows WHERE pending_since IS NOT NULL AND pipeline = $1",
     )
+    .bind(pipeline)
     .fetch_one(pool)
     .await
     .map_err(|e| SinkError::postgres("reading the correction backlog", e))
@@ -210,14 +233,19 @@ pub struct LedgerEntry {
     pub last_corrected_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// The most recently marked windows, newest first.
-pub async fn recent(pool: &PgPool, limit: i64) -> Result<Vec<LedgerEntry>, SinkError> {
+/// `pipeline`'s most recently marked windows, newest first.
+pub async fn recent(
+    pool: &PgPool,
+    pipeline: &str,
+    limit: i64,
+) -> Result<Vec<LedgerEntry>, SinkError> {
     sqlx::query_as(
         "SELECT window_name, window_start_ms, late_events, corrections,
                 pending_since IS NOT NULL AS pending, last_late_at, last_corrected_at
-         FROM late_windows ORDER BY last_late_at DESC LIMIT $1",
+         FROM late_windows WHERE pipeline = $2 ORDER BY last_late_at DESC LIMIT $1",
     )
     .bind(limit)
+    .bind(pipeline)
     .fetch_all(pool)
     .await
     .map_err(|e| SinkError::postgres("reading the late-event ledger", e))

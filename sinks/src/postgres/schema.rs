@@ -52,11 +52,12 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
         5,
         "late-event ledger, job runs and rebuilds",
-        // `late_windows`: one row per closed window that received late events (see
-        // `postgres::ledger`). `pending_since` is set while a correction is owed.
+        // `late_windows`: one row per closed window of a pipeline that received late events
+        // (see `postgres::ledger`). `pending_since` is set while a correction is owed.
         // `job_runs`: every run of a queued job (graphile_worker deletes finished jobs).
         // `rebuilds`: progress of `tally rebuild`.
         "CREATE TABLE IF NOT EXISTS late_windows (
+                pipeline          TEXT        NOT NULL,
                 topology          TEXT        NOT NULL,
                 window_name       TEXT        NOT NULL,
                 window_start_ms   BIGINT      NOT NULL,
@@ -67,13 +68,14 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
                 generation        BIGINT      NOT NULL DEFAULT 0,
                 corrections       INTEGER     NOT NULL DEFAULT 0,
                 last_corrected_at TIMESTAMPTZ,
-                PRIMARY KEY (topology, window_name, window_start_ms)
+                PRIMARY KEY (pipeline, topology, window_name, window_start_ms)
             );
             CREATE INDEX IF NOT EXISTS late_windows_pending
-                ON late_windows (topology, window_name, window_start_ms)
+                ON late_windows (pipeline, topology, window_name, window_start_ms)
                 WHERE pending_since IS NOT NULL;
             CREATE TABLE IF NOT EXISTS job_runs (
                 id           BIGSERIAL   PRIMARY KEY,
+                pipeline     TEXT        NOT NULL,
                 job_id       BIGINT      NOT NULL,
                 kind         TEXT        NOT NULL,
                 payload      JSONB       NOT NULL,
@@ -88,6 +90,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
             );
             CREATE TABLE IF NOT EXISTS rebuilds (
                 id            BIGSERIAL   PRIMARY KEY,
+                pipeline      TEXT        NOT NULL,
                 from_ms       BIGINT      NOT NULL,
                 to_ms         BIGINT      NOT NULL,
                 done_until_ms BIGINT      NOT NULL,
