@@ -156,6 +156,11 @@ pub async fn correct_pending(
             m.corrected
                 .with_label_values(&[window.label()])
                 .inc_by(windows.len() as u64);
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let delay = m.correction_delay.with_label_values(&[window.label()]);
+            for w in &windows {
+                delay.observe((now_ms - w.pending_since_ms).max(0) as f64 / 1000.0);
+            }
         }
         // A full batch may hide more ready windows; windows marked again meanwhile queued a
         // job of their own.

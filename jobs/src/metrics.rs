@@ -20,6 +20,8 @@ pub const PENDING_CORRECTIONS: &str = "tally_pending_corrections";
 pub const CORRECTION_LAG: &str = "tally_correction_lag_seconds";
 /// Windows corrected, by window.
 pub const CORRECTED: &str = "tally_corrected_windows_total";
+/// Seconds from a window's first pending late event to its correction, by window.
+pub const CORRECTION_DELAY: &str = "tally_correction_delay_seconds";
 
 /// The job metrics.
 pub struct Metrics {
@@ -35,6 +37,8 @@ pub struct Metrics {
     pub correction_lag: Gauge,
     /// See [`CORRECTED`].
     pub corrected: IntCounterVec,
+    /// See [`CORRECTION_DELAY`].
+    pub correction_delay: HistogramVec,
 }
 
 impl Metrics {
@@ -76,6 +80,13 @@ impl Metrics {
                 CORRECTED,
                 "Windows recomputed from raw events, by window.",
                 &["window"]
+            )
+            .unwrap(),
+            correction_delay: register_histogram_vec!(
+                CORRECTION_DELAY,
+                "Seconds from a window's first pending late event to its correction, by window.",
+                &["window"],
+                prometheus::exponential_buckets(0.25, 2.0, 14).unwrap()
             )
             .unwrap(),
         })
