@@ -33,8 +33,16 @@ impl TaskHandler for Correct {
                 .await
                 .map_err(|e| e.to_string())?;
             if report.waiting > 0 {
+                // Soon while the frontier is expected to move; every 15 s once the windows
+                // have waited a minute (the pipeline may be stopped).
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                let delay = if now_ms - report.oldest_waiting_ms < 60_000 {
+                    1_000
+                } else {
+                    15_000
+                };
                 let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
-                ledger::queue_correction(&mut conn, &job.settings.pipeline, Some(1_000))
+                ledger::queue_correction(&mut conn, &job.settings.pipeline, Some(delay))
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -53,6 +61,8 @@ pub struct CorrectionReport {
     pub remarked: u64,
     /// Windows not yet closed in the acknowledged frontier (retried later).
     pub waiting: u64,
+    /// When the oldest of those was first marked, ms since the epoch (`i64::MAX` if none).
+    pub oldest_waiting_ms: i64,
     /// Range queries run.
     pub ranges: u64,
     /// Rollup rows written.
@@ -94,7 +104,10 @@ pub async fn correct_pending(
     pool: &sqlx::PgPool,
     clickhouse: &clickhouse::Client,
 ) -> Result<CorrectionReport, SinkError> {
-    let mut report = CorrectionReport::default();
+    let mut report = CorrectionReport {
+        oldest_waiting_ms: i64::MAX,
+        ..CorrectionReport::default()
+    };
     loop {
         let frontier: Option<i64> = sqlx::query_scalar(
             "SELECT acked_frontier_ms FROM pipeline_frontiers WHERE pipeline = $1",
@@ -119,6 +132,7 @@ pub async fn correct_pending(
                 ready.entry(window).or_default().push(p.clone());
             } else {
                 report.waiting += 1;
+                report.oldest_waiting_ms = report.oldest_waiting_ms.min(p.pending_since_ms);
             }
         }
         if !unknown.is_empty() {

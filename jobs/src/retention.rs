@@ -1,5 +1,6 @@
 //! The `retention` job: on servers without TTL, drops monthly partitions of `events` past
-//! `clickhouse.retention_days`, then queues itself again (job key `retention`).
+//! `clickhouse.retention_days`; deletes job runs older than 14 days and settled ledger rows
+//! older than the retention; then queues itself again (job key `retention`).
 
 use graphile_worker::{IntoTaskHandlerResult, TaskHandler, WorkerContext};
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,15 @@ impl TaskHandler for Retention {
                 }
                 format!("dropped {} partitions {dropped:?}", dropped.len())
             };
+            let pruned = tally_sinks::postgres::jobs::prune(
+                &pool,
+                &s.pipeline,
+                14,
+                s.clickhouse.retention_days,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let summary = format!("{summary}; pruned {pruned} old job runs and ledger rows");
             let every = i64::try_from(s.retention_check_secs).unwrap_or(3600);
             let next = chrono::Utc::now() + chrono::Duration::seconds(every);
             crate::enqueue(

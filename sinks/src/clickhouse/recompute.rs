@@ -29,10 +29,8 @@ pub struct WindowRange {
 /// What one recompute did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecomputeStats {
-    /// Rollup rows written.
+    /// Rollup rows written (each statement reads the range's raw events once: two scans).
     pub rows_written: u64,
-    /// Raw event rows read (both statements).
-    pub rows_read: u64,
 }
 
 #[derive(clickhouse::Row, Deserialize)]
@@ -93,18 +91,8 @@ pub async fn recompute(
         .map_err(ctx("reading rollup versions"))?;
     let version = now_version.max(stored + 1);
     let size_s = (range.size_ms / 1000).max(1);
-    let mut stats = RecomputeStats::default();
     for per_type in [true, false] {
         let select = recompute_select_sql(size_s, per_type);
-        let count: Count = client
-            .query(&format!("SELECT count() AS n FROM ({select})"))
-            .bind(&range.window)
-            .bind(version)
-            .bind(from_s)
-            .bind(to_s)
-            .fetch_one()
-            .await
-            .map_err(ctx("counting recomputed rows"))?;
         client
             .query(&format!(
                 "INSERT INTO rollups (granularity, window_start, event_type, events, unique_users,
@@ -117,20 +105,24 @@ pub async fn recompute(
             .execute()
             .await
             .map_err(ctx("recomputing rollups"))?;
-        stats.rows_written += count.n;
     }
-    let read: Count = client
+    // What was written: the rows of this version (a scan of the range's rollups, not events).
+    let written: Count = client
         .query(
-            "SELECT count() AS n FROM events
-             WHERE timestamp >= toDateTime(?) AND timestamp < toDateTime(?)",
+            "SELECT count() AS n FROM rollups
+             WHERE granularity = ? AND window_start >= toDateTime(?) AND window_start < toDateTime(?)
+               AND version = ?",
         )
+        .bind(&range.window)
         .bind(from_s)
         .bind(to_s)
+        .bind(version)
         .fetch_one()
         .await
-        .map_err(ctx("counting raw events"))?;
-    stats.rows_read = read.n * 2;
-    Ok(stats)
+        .map_err(ctx("counting recomputed rows"))?;
+    Ok(RecomputeStats {
+        rows_written: written.n,
+    })
 }
 
 /// Merges sorted window starts (ms) of one kind into ranges: consecutive windows whose gap is at

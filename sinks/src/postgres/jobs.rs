@@ -193,6 +193,44 @@ pub async fn depth(pool: &PgPool, pipeline: &str) -> Result<Vec<(String, i64)>, 
     .map_err(ctx("reading the queue depth"))
 }
 
+/// Deletes `pipeline`'s job runs and finished rebuilds older than `runs_days`, and its settled
+/// ledger rows whose window is older than `retention_days` (their raw events are gone too).
+/// Returns the rows deleted.
+pub async fn prune(
+    pool: &PgPool,
+    pipeline: &str,
+    runs_days: u32,
+    retention_days: u32,
+) -> Result<u64, SinkError> {
+    let runs = sqlx::query(
+        "DELETE FROM job_runs WHERE pipeline = $1 AND started_at < now() - make_interval(days => $2)",
+    )
+    .bind(pipeline)
+    .bind(i32::try_from(runs_days).unwrap_or(i32::MAX))
+    .execute(pool)
+    .await
+    .map_err(ctx("pruning job runs"))?;
+    let rebuilds = sqlx::query(
+        "DELETE FROM rebuilds WHERE pipeline = $1 AND state IN ('done', 'failed')
+           AND updated_at < now() - make_interval(days => $2)",
+    )
+    .bind(pipeline)
+    .bind(i32::try_from(runs_days).unwrap_or(i32::MAX))
+    .execute(pool)
+    .await
+    .map_err(ctx("pruning rebuilds"))?;
+    let ledger = sqlx::query(
+        "DELETE FROM late_windows WHERE pipeline = $1 AND pending_since IS NULL
+           AND window_start_ms < (extract(epoch from now() - make_interval(days => $2)) * 1000)::bigint",
+    )
+    .bind(pipeline)
+    .bind(i32::try_from(retention_days).unwrap_or(i32::MAX))
+    .execute(pool)
+    .await
+    .map_err(ctx("pruning the late-event ledger"))?;
+    Ok(runs.rows_affected() + rebuilds.rows_affected() + ledger.rows_affected())
+}
+
 /// A rebuild's progress.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Rebuild {
