@@ -93,7 +93,8 @@ pub fn pipeline_flag(pipeline: &str) -> String {
 
 /// Queues `pipeline`'s `correct` job (job key `correct:<pipeline>`: at most one waiting; if one
 /// is running, a new one is queued, so marks that arrive during a correction are corrected after
-/// it). `delay_ms` postpones it (used to retry windows that cannot be corrected yet).
+/// it; named queue `correct:<pipeline>`: they run one at a time, never two over the same
+/// windows). `delay_ms` postpones it (used to retry windows that cannot be corrected yet).
 pub async fn queue_correction(
     conn: &mut sqlx::PgConnection,
     pipeline: &str,
@@ -103,7 +104,8 @@ pub async fn queue_correction(
     sqlx::query(
         "SELECT graphile_worker.add_job('correct', '{}'::json,
              run_at := now() + make_interval(secs => $1::double precision / 1000),
-             job_key := $2, flags := ARRAY[$3], job_key_mode := 'preserve_run_at')",
+             queue_name := $2, job_key := $2, flags := ARRAY[$3],
+             job_key_mode := 'preserve_run_at')",
     )
     .bind(delay)
     .bind(format!("correct:{pipeline}"))
