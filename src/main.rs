@@ -2,6 +2,7 @@
 //! own beyond that.
 
 mod config;
+mod delivery;
 mod produce;
 
 use std::path::PathBuf;
