@@ -5,11 +5,13 @@
 use std::fmt;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::reader::ReadCount;
 
 /// How often a plain progress line is written when stderr is not a terminal.
 const LINE_EVERY: Duration = Duration::from_secs(5);
@@ -31,12 +33,12 @@ pub struct Progress {
     started: Instant,
     last_line: Instant,
     total_bytes: u64,
-    bytes_read: Arc<AtomicU64>,
+    read: Arc<ReadCount>,
 }
 
 impl Progress {
-    /// Progress over `total_bytes` of input, read as `bytes_read` grows.
-    pub fn new(total_bytes: u64, bytes_read: Arc<AtomicU64>) -> Self {
+    /// Progress over `total_bytes` of input, read as `read.bytes` grows.
+    pub fn new(total_bytes: u64, read: Arc<ReadCount>) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar =
                 ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
@@ -54,13 +56,13 @@ impl Progress {
             started: now,
             last_line: now,
             total_bytes,
-            bytes_read,
+            read,
         }
     }
 
     /// Updates the bar, or writes a line when the last one is 5 s old.
     pub fn show(&mut self, counts: &Counts) {
-        let bytes = self.bytes_read.load(Ordering::Relaxed);
+        let bytes = self.read.bytes.load(Ordering::Relaxed);
         let rate = per_sec(counts.accepted, self.started.elapsed());
         if let Some(bar) = &self.bar {
             bar.set_position(bytes);

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use flate2::read::MultiGzDecoder;
@@ -76,15 +76,15 @@ impl Source {
     }
 
     /// The file's content, decompressed, without a byte order mark; every byte read from the
-    /// file itself is added to `bytes_read`.
-    fn open(&self, bytes_read: &Arc<AtomicU64>) -> Result<Input, ImportError> {
+    /// file itself is added to `read.bytes`.
+    fn open(&self, read: &Arc<ReadCount>) -> Result<Input, ImportError> {
         let file = File::open(&self.path).map_err(|source| ImportError::NoInput {
             path: self.path.clone(),
             source,
         })?;
         let counted = Counted {
             inner: file,
-            bytes_read: Arc::clone(bytes_read),
+            read: Arc::clone(read),
         };
         let mut raw = BufReader::with_capacity(BUFFER_BYTES, counted);
         let head = raw.fill_buf().map_err(|e| self.unreadable(0, 0, e))?;
@@ -121,16 +121,25 @@ impl Source {
     }
 }
 
+/// How far the reader thread got; the progress display and the summary read it.
+#[derive(Debug, Default)]
+pub struct ReadCount {
+    /// Bytes read from the files (compressed bytes for gzip).
+    pub bytes: AtomicU64,
+    /// Files opened.
+    pub files: AtomicUsize,
+}
+
 /// Counts the bytes read from a file (progress is shown in bytes of the files).
 struct Counted<R> {
     inner: R,
-    bytes_read: Arc<AtomicU64>,
+    read: Arc<ReadCount>,
 }
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        self.read.bytes.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -194,10 +203,9 @@ pub struct ReadPlan {
     pub limits: Limits,
 }
 
-/// Reads every file in order, checks each record, and sends them in batches to `tx`. Stops
-/// early, without error, when `stop` is set or the receiver is gone.
-///
-/// Returns how many files were opened.
+/// Reads every file in order, checks each record, and sends them in batches to `tx`, counting
+/// files and bytes in `read`. Stops early, without error, when `stop` is set or the receiver
+/// is gone.
 ///
 /// # Errors
 /// [`ImportError::Unreadable`] when a file cannot be read to its end (a truncated gzip
@@ -205,21 +213,20 @@ pub struct ReadPlan {
 /// [`ImportError::Config`] when a CSV header changed since.
 pub fn read_all(
     plan: &ReadPlan,
-    bytes_read: &Arc<AtomicU64>,
+    read: &Arc<ReadCount>,
     stop: &AtomicBool,
     tx: &mpsc::Sender<Vec<Checked>>,
-) -> Result<usize, ImportError> {
-    let mut opened = 0;
+) -> Result<(), ImportError> {
     for (file, source) in plan.sources.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let start = bytes_read.load(Ordering::Relaxed);
-        let input = source.open(bytes_read)?;
-        opened += 1;
+        let start = read.bytes.load(Ordering::Relaxed);
+        let input = source.open(read)?;
+        read.files.fetch_add(1, Ordering::Relaxed);
         let (mut count, mut batch) = (0u64, Vec::with_capacity(BATCH));
         let unreadable = |count, e| {
-            let bytes = bytes_read.load(Ordering::Relaxed) - start;
+            let bytes = read.bytes.load(Ordering::Relaxed) - start;
             source.unreadable(count, bytes, e)
         };
         let rows = records(source.format, input, file, &plan.mapping)
@@ -232,15 +239,15 @@ pub fn read_all(
             if batch.len() == BATCH {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
                 if stop.load(Ordering::SeqCst) || tx.blocking_send(full).is_err() {
-                    return Ok(opened);
+                    return Ok(());
                 }
             }
         }
         if !batch.is_empty() && tx.blocking_send(batch).is_err() {
-            return Ok(opened);
+            return Ok(());
         }
     }
-    Ok(opened)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -60,8 +60,9 @@ fn read(
         },
     };
     let (tx, mut rx) = mpsc::channel(1024);
-    let bytes = Arc::new(AtomicU64::new(0));
-    read_all(&plan, &bytes, &AtomicBool::new(false), &tx)?;
+    let count = Arc::new(ReadCount::default());
+    read_all(&plan, &count, &AtomicBool::new(false), &tx)?;
+    assert_eq!(count.files.load(Ordering::SeqCst), paths.len());
     drop(tx);
     let mut out = Vec::new();
     while let Some(batch) = rx.blocking_recv() {

@@ -4,7 +4,7 @@
 //! summary and an exit code.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::args::{ImportArgs, Mapping};
 use super::progress::{Counts, Ending, Progress, Summary};
-use super::reader::{read_all, Checked, ReadPlan, Source};
+use super::reader::{read_all, Checked, ReadCount, ReadPlan, Source};
 use super::record::{At, Limits, Reject, Valid};
 use super::rejects::RejectsFile;
 use super::{settle, ImportError};
@@ -62,8 +62,8 @@ pub async fn run(
     check_topic(&producer, &kafka.brokers, &kafka.topic).await?;
 
     let started = Instant::now();
-    let bytes_read = Arc::new(AtomicU64::new(0));
-    let mut progress = Progress::new(sources.iter().map(|s| s.len).sum(), Arc::clone(&bytes_read));
+    let read = Arc::new(ReadCount::default());
+    let mut progress = Progress::new(sources.iter().map(|s| s.len).sum(), Arc::clone(&read));
     let plan = ReadPlan {
         sources,
         mapping,
@@ -74,8 +74,8 @@ pub async fn run(
     };
     let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
     let reader = {
-        let stop = Arc::clone(&stop);
-        tokio::task::spawn_blocking(move || read_all(&plan, &bytes_read, &stop, &tx))
+        let (stop, read) = (Arc::clone(&stop), Arc::clone(&read));
+        tokio::task::spawn_blocking(move || read_all(&plan, &read, &stop, &tx))
     };
     let mut sender = Sender {
         producer,
@@ -91,13 +91,9 @@ pub async fn run(
     sender.deliveries.drain().await;
     sender.count_done();
     progress.finish();
-    let files = match reader.await.context("the reader thread failed")? {
-        Ok(files) => files,
-        Err(e) => {
-            sender.fail(e);
-            args.paths.len()
-        }
-    };
+    if let Err(e) = reader.await.context("the reader thread failed")? {
+        sender.fail(e);
+    }
     let rejects = match sender.rejects.finish() {
         Ok(path) => path.map(ToOwned::to_owned),
         Err(e) => {
@@ -111,7 +107,7 @@ pub async fn run(
         (None, false) => Ending::Finished,
     };
     let summary = Summary {
-        files,
+        files: read.files.load(Ordering::SeqCst),
         counts: sender.counts,
         elapsed: started.elapsed(),
         rejects,
