@@ -250,6 +250,32 @@ pub async fn check_reports(st: &Stack, evs: &[Ev], from: u64, to: u64) -> anyhow
     Ok(())
 }
 
+/// Waits (at most 120 s) until every window of `window` (label, length in ms) ending by
+/// `until` is final and acknowledged (`complete_until >= until`), failing early if the
+/// pipeline stops.
+pub async fn wait_final(
+    st: &Stack,
+    pipeline: &JoinHandle<Result<(), tally_pipeline::PipelineError>>,
+    (window, window_ms): (&str, u64),
+    until: u64,
+) -> anyhow::Result<()> {
+    crate::eventually(
+        "windows final",
+        std::time::Duration::from_secs(120),
+        || async {
+            ensure!(!pipeline.is_finished(), "the pipeline stopped early");
+            let r = report(st, "events", window, until - window_ms, until, None).await?;
+            let cu = r["complete_until"]
+                .as_str()
+                .ok_or_else(|| anyhow!("complete_until is null"))?;
+            let cu = DateTime::parse_from_rfc3339(cu)?.timestamp_millis() as u64;
+            ensure!(cu >= until, "complete_until {cu} < {until}");
+            Ok(())
+        },
+    )
+    .await
+}
+
 /// `/reports/summary` over `[from, to)`, all events and `signup` only, equals the oracle.
 pub async fn check_summary(st: &Stack, evs: &[Ev], from: u64, to: u64) -> anyhow::Result<()> {
     check_summary_for(st, evs, from, to, &[None, Some("signup")]).await
