@@ -152,7 +152,10 @@ pub async fn rebuild(config: &TallyConfig, args: &RebuildArgs) -> anyhow::Result
             .await?
             .into_iter()
             .find(|j| {
-                j.kind == "rebuild" && j.attempts >= j.max_attempts && j.last_error.is_some()
+                j.kind == "rebuild"
+                    && !j.superseded
+                    && j.attempts >= j.max_attempts
+                    && j.last_error.is_some()
             });
         if let Some(j) = failed {
             bail!(

@@ -2,6 +2,8 @@
 //! own beyond that.
 
 mod config;
+mod delivery;
+mod import;
 mod jobs_cli;
 mod produce;
 
@@ -58,6 +60,17 @@ enum Command {
     Rebuild(jobs_cli::RebuildArgs),
     /// List queued jobs, recent job runs and the late-event ledger.
     Jobs(jobs_cli::JobsArgs),
+    /// Import files of historical events (JSON lines, JSON array, CSV; gzip or not) through
+    /// the same validation and Kafka path as `POST /events`.
+    ///
+    /// Events without `event_id` get a stable id derived from the record's position (line;
+    /// element index in a JSON array) and its bytes, so importing the same file again, from
+    /// another path or with lines appended, counts nothing twice. Rejected records go to the
+    /// rejects file with their line and reason. Exit codes: 0 all accepted (or
+    /// --allow-rejects), 65 records rejected or a file ends early (truncated gzip), 66 a path
+    /// cannot be opened, 69 Kafka unavailable or did not acknowledge, 73 the rejects file
+    /// cannot be written, 78 bad flags or `tally migrate` not run, 130 interrupted.
+    Import(import::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,17 +83,26 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
-            let class = if e.downcast_ref::<InvalidConfig>().is_some() {
-                Some(ExitClass::Config)
-            } else {
-                ExitClass::of_chain(e.chain())
-            };
             eprintln!("error: {e:#}");
-            ExitCode::from(class.map_or(1, ExitClass::code))
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The exit code of a fatal error: per class (sysexits.h), 1 when unclassified.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<InvalidConfig>().is_some() {
+        return ExitClass::Config.code();
+    }
+    if let Some(import) = e
+        .chain()
+        .find_map(|e| e.downcast_ref::<import::ImportError>())
+    {
+        return import.exit_code();
+    }
+    ExitClass::of_chain(e.chain()).map_or(1, ExitClass::code)
 }
 
 /// Marks errors of `tally.toml` and `TALLY_*` variables (exit 78, like every config error).
@@ -93,22 +115,27 @@ impl std::fmt::Display for InvalidConfig {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Up | Command::Down | Command::Status = cli.command {
-        return stack(match cli.command {
+        stack(match cli.command {
             Command::Up => "up",
             Command::Down => "down",
             _ => "status",
-        });
+        })?;
+        return Ok(ExitCode::SUCCESS);
     }
     let config = config::load(cli.config.as_deref(), std::env::vars()).context(InvalidConfig)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Command::Import(args) = &cli.command {
+        let stop = shutdown_on_signal(&runtime, IMPORT_DRAIN);
+        return runtime.block_on(import::run(args, &config, stop));
+    }
     match cli.command {
         Command::Migrate => runtime.block_on(migrate(&config)),
         Command::Run => {
-            let shutdown = shutdown_on_signal(&runtime);
+            let shutdown = shutdown_on_signal(&runtime, PIPELINE_DRAIN);
             run_pipeline(
                 &config,
                 runtime.handle().clone(),
@@ -142,8 +169,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Rebuild(args) => runtime.block_on(jobs_cli::rebuild(&config, &args)),
         Command::Jobs(args) => runtime.block_on(jobs_cli::jobs(&config, &args)),
-        Command::Up | Command::Down | Command::Status => Ok(()),
+        Command::Up | Command::Down | Command::Status | Command::Import(_) => Ok(()),
     }
+    .map(|()| ExitCode::SUCCESS)
 }
 
 /// What the job worker needs from the configuration.
@@ -234,7 +262,7 @@ fn run_pipeline(
 /// The listener is bound before the pipeline starts (a taken port fails fast, exit 78); the API
 /// keeps serving while the pipeline drains (`/readyz` says `draining`) and stops after it.
 fn run_all(config: &TallyConfig, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    let shutdown = shutdown_on_signal(runtime);
+    let shutdown = shutdown_on_signal(runtime, PIPELINE_DRAIN);
     let health = Health::default();
     let mut state = runtime.block_on(app_state(config))?;
     state.pipeline = Some(health.clone());
@@ -325,17 +353,25 @@ async fn bind(config: &TallyConfig) -> anyhow::Result<tokio::net::TcpListener> {
     Ok(listener)
 }
 
-/// A flag set by Ctrl-C or SIGTERM. A second signal exits at once (code 130), without the
-/// drain: nothing is lost, since progress only covers what ClickHouse acknowledged.
-fn shutdown_on_signal(runtime: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
+/// What the pipeline does after the first signal.
+const PIPELINE_DRAIN: &str =
+    "shutting down: draining to ClickHouse and saving progress (send it again to exit at once)";
+/// What `tally import` does after the first signal.
+const IMPORT_DRAIN: &str =
+    "stopping the import: waiting for the events in flight (send it again to exit at once)";
+
+/// A flag set by Ctrl-C or SIGTERM, after logging `draining` (what happens next). A second
+/// signal exits at once (code 130), without the drain: for the pipeline nothing is lost, since
+/// progress only covers what ClickHouse acknowledged; an import can be run again.
+fn shutdown_on_signal(
+    runtime: &tokio::runtime::Runtime,
+    draining: &'static str,
+) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let set = Arc::clone(&flag);
     runtime.spawn(async move {
         match wait_for_signal().await {
-            Ok(name) => tracing::info!(
-                signal = name,
-                "shutting down: draining to ClickHouse and saving progress (send it again to exit at once)"
-            ),
+            Ok(name) => tracing::info!(signal = name, "{draining}"),
             Err(e) => {
                 tracing::error!(error = %e, "cannot listen for signals");
                 return;

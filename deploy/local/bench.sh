@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end baseline benchmark (a script, not a test): see docs/benchmarks.md.
 #
-#   bash deploy/local/bench.sh [EVENTS]      (default 200000)
+#   bash deploy/local/bench.sh [EVENTS]          (default 200000)
+#   bash deploy/local/bench.sh import [EVENTS]   (default 1000000): `tally import` alone
 #
 # 1. Backfill EVENTS synthetic events (1 ms of event time apart) into a fresh topic, then start
 #    `tally run` and time how long until ClickHouse holds every raw event and the final 1m
@@ -24,9 +25,44 @@ export TALLY_KAFKA__TOPIC=$TAG TALLY_KAFKA__DLQ_TOPIC=$TAG.dlq TALLY_CLICKHOUSE_
 ch() { curl -sS --data-binary "$1" "$CH/?database=$TAG"; }
 now_ms() { date +%s%3N; }
 
+# N synthetic events spread over the two days before yesterday, as JSON lines (`jsonl`) or as
+# CSV with other column names (`csv`); deterministic, without event ids.
+generate() {
+  awk -v n="$1" -v fmt="$2" -v now="$(now_ms)" 'BEGIN {
+    srand(7); split("page_view click signup purchase search", types, " ")
+    start = now - now % 86400000 - 3 * 86400000; span = 2 * 86400000
+    if (fmt == "csv") print "event,user,session,ts,path"
+    for (i = 0; i < n; i++) {
+      u = int(rand() * 10000); s = int(rand() * 3); t = types[1 + i % 5]
+      ts = start + int(i * span / n)
+      if (fmt == "csv") printf "%s,u%d,s%d-%d,%.0f,/p/%d\n", t, u, u, s, ts, i % 100
+      else printf "{\"event_type\":\"%s\",\"user_id\":\"u%d\",\"session_id\":\"s%d-%d\",\"timestamp\":%.0f,\"metadata\":{\"path\":\"/p/%d\"}}\n", t, u, u, s, ts, i % 100
+    } }'
+}
+
 cargo build --release -q
 bin=$TARGET_DIR/release/tally
 "$bin" migrate >/dev/null
+
+if [[ ${1:-} == import ]]; then
+  N=${2:-1000000}
+  dir=$(mktemp -d)
+  trap 'rm -rf "$dir"' EXIT
+  generate "$N" jsonl >"$dir/events.jsonl"
+  generate "$N" csv | gzip -1 >"$dir/events.csv.gz"
+  echo "== tally import of $N events into $TAG (no pipeline)"
+  for file in events.jsonl events.csv.gz; do
+    args=("$dir/$file" --rejects "$dir/rejects.jsonl")
+    [[ $file == *.csv.gz ]] && args+=(--map event_type=event --map user_id=user \
+      --map session_id=session --map timestamp=ts)
+    t0=$(now_ms)
+    "$bin" import "${args[@]}" 2>/dev/null
+    t1=$(now_ms)
+    echo "$file ($(du -h "$dir/$file" | cut -f1)): $(( t1 - t0 )) ms wall ($(( N * 1000 / (t1 - t0 + 1) )) events/s)"
+  done
+  ch "DROP DATABASE IF EXISTS $TAG" >/dev/null
+  exit 0
+fi
 start=$(date -u -d '-2 hours' +%Y-%m-%dT%H:00:00Z)
 echo "== produce $N events (event time from $start, 1 ms apart) into $TAG"
 t0=$(now_ms)

@@ -15,7 +15,8 @@ pub const MAX_ID_LEN: usize = 256;
 /// How far in the future a timestamp may be.
 pub const MAX_FUTURE_MS: u64 = 86_400_000;
 
-const FIELDS: [&str; 6] = [
+/// The fields of the event contract; any other top-level key is refused.
+pub const FIELDS: [&str; 6] = [
     "event_id",
     "event_type",
     "user_id",
@@ -274,7 +275,13 @@ fn timestamp(value: Option<&Value>) -> Result<u64, Invalid> {
 
 /// A deterministic id for an event read from Kafka without one, so a replay yields the same id.
 pub fn id_from_position(topic: &str, partition: i32, offset: i64) -> String {
-    let h = hash128(&format!("{topic}/{partition}/{offset}"));
+    stable_id(&format!("{topic}/{partition}/{offset}"))
+}
+
+/// A UUID-formatted id derived from `key` alone (128-bit xxh3, RFC 4122 variant, custom
+/// version): the same key always gives the same id. Used for events that arrive without one.
+pub fn stable_id(key: &str) -> String {
+    let h = hash128(key);
     uuid::Builder::from_u128(h)
         .with_variant(uuid::Variant::RFC4122)
         .with_version(uuid::Version::Custom)

@@ -4,17 +4,16 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, Context as _};
 use chrono::Utc;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
-use rdkafka::{ClientConfig, Message as _};
-use tokio::task::JoinSet;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
 use tokio::time::MissedTickBehavior;
 use tracing::info;
 
 use super::args::ProduceArgs;
 use super::generator::{EventGenerator, GeneratedEvent, GeneratorConfig};
+use crate::delivery::{check_topic, Deliveries};
 
 /// What a run of [`run`] did. `Display` gives the one-line summary.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +49,6 @@ const UNLIMITED_BATCH: u64 = 1_000;
 /// Most events per loop iteration when catching up with `--rate` (keeps Ctrl-C responsive).
 const MAX_BATCH: u64 = 10_000;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends `args.count` generated events (or until Ctrl-C) to `topic`, then waits for every
 /// delivery. Fails on the first event Kafka did not acknowledge.
@@ -66,13 +64,14 @@ pub async fn run(args: &ProduceArgs, brokers: &str, topic: &str) -> anyhow::Resu
     let mut sender = Sender {
         producer,
         topic,
-        in_flight: InFlight::default(),
+        in_flight: Deliveries::new(MAX_IN_FLIGHT),
+        delivered: 0,
         invalid: 0,
     };
     let started = Instant::now();
     let interrupted = send_until_done(args, &mut generator, &mut sender, started).await?;
-    sender.in_flight.drain().await?;
-    let (sent, invalid) = (sender.in_flight.delivered, sender.invalid);
+    sender.drain().await?;
+    let (sent, invalid) = (sender.delivered, sender.invalid);
     let report = ProduceReport {
         sent,
         invalid,
@@ -115,8 +114,8 @@ async fn send_until_done(
         for _ in 0..batch_size(args, sender.queued(), started.elapsed()) {
             sender.send(&generator.next_event()).await?;
         }
-        sender.in_flight.reap()?;
-        progress.log_every(PROGRESS_EVERY, &sender.in_flight);
+        sender.reap()?;
+        progress.log_every(PROGRESS_EVERY, sender);
     }
     Ok(false)
 }
@@ -127,12 +126,12 @@ struct Progress {
 }
 
 impl Progress {
-    fn log_every(&mut self, period: Duration, in_flight: &InFlight) {
+    fn log_every(&mut self, period: Duration, sender: &Sender<'_>) {
         let elapsed = self.since.elapsed();
         if elapsed >= period {
-            let sent = in_flight.delivered;
+            let (sent, in_flight) = (sender.delivered, sender.in_flight.in_flight());
             let rate = ((sent - self.sent) as f64 / elapsed.as_secs_f64()).round();
-            info!(sent, in_flight = in_flight.set.len(), rate, "progress");
+            info!(sent, in_flight, rate, "progress");
             (self.since, self.sent) = (Instant::now(), sent);
         }
     }
@@ -174,138 +173,62 @@ fn build_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
         .with_context(|| format!("creating Kafka producer for brokers {brokers}"))
 }
 
-/// Fails fast with a clear message when the brokers are unreachable or the topic is missing
-/// (the local stack does not auto-create topics).
-/// Fails with `NotMigrated` (exit 78, "run `tally migrate`") when `topic` does not exist, and
-/// with `Unavailable` (exit 69) when the brokers do not answer.
-async fn check_topic(producer: &FutureProducer, brokers: &str, topic: &str) -> anyhow::Result<()> {
-    let (client, name) = (producer.clone(), topic.to_owned());
-    let metadata = tokio::task::spawn_blocking(move || {
-        client
-            .client()
-            .fetch_metadata(Some(&name), METADATA_TIMEOUT)
-    })
-    .await?
-    .map_err(|e| tally_pipeline::PipelineError::Unavailable {
-        service: "kafka",
-        address: brokers.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let missing = || tally_pipeline::PipelineError::NotMigrated {
-        what: format!("Kafka topic `{topic}`"),
-    };
-    match metadata.topics().iter().find(|t| t.name() == topic) {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-        Some(t) => match t.error().map(RDKafkaErrorCode::from) {
-            Some(RDKafkaErrorCode::UnknownTopicOrPartition) | None => Err(missing().into()),
-            Some(err) => bail!("topic {topic} is not usable: {err}"),
-        },
-        None => Err(missing().into()),
-    }
-}
-
+/// The producer side of the send loop: the window of deliveries in flight and the counts.
 struct Sender<'a> {
     producer: FutureProducer,
     topic: &'a str,
-    in_flight: InFlight,
+    in_flight: Deliveries<()>,
+    /// Events Kafka acknowledged.
+    delivered: u64,
     /// Deliberately malformed events enqueued.
     invalid: u64,
 }
 
 impl Sender<'_> {
     fn queued(&self) -> u64 {
-        self.in_flight.delivered + self.in_flight.set.len() as u64
+        self.delivered + self.in_flight.in_flight() as u64
     }
 
     /// Enqueues one event without waiting for its delivery (beyond the in-flight bound).
     async fn send(&mut self, event: &GeneratedEvent) -> anyhow::Result<()> {
-        while self.in_flight.set.len() >= MAX_IN_FLIGHT {
-            self.in_flight.await_one().await?;
-        }
         let payload = event.payload();
         // No record timestamp: Kafka uses send time, so broker retention never deletes
         // backfilled events early. Event time travels in the JSON.
-        let mut record = FutureRecord::to(self.topic)
+        let record = FutureRecord::to(self.topic)
             .key(event.key())
             .payload(&payload);
-        loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => {
-                    self.in_flight.set.spawn(confirm(delivery));
-                    self.invalid += u64::from(event.defect.is_some());
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    if self.in_flight.set.is_empty() {
-                        tokio::time::sleep(TICK).await; // back off; nothing to wait for
-                    } else {
-                        self.in_flight.await_one().await?;
-                    }
-                }
-                Err((e, _)) => {
-                    return Err(e).with_context(|| format!("enqueueing event for {}", self.topic))
-                }
+        if let Err((e, ())) = self.in_flight.send(&self.producer, record, ()).await {
+            return Err(e).with_context(|| format!("enqueueing event for {}", self.topic));
+        }
+        self.invalid += u64::from(event.defect.is_some());
+        self.record_done()
+    }
+
+    /// Counts the deliveries that finished; fails on the first Kafka did not acknowledge.
+    fn record_done(&mut self) -> anyhow::Result<()> {
+        for ((), result) in self.in_flight.take_done() {
+            if let Err(err) = result {
+                return Err(anyhow!(
+                    "kafka did not acknowledge an event (topic {}): {err}",
+                    self.topic
+                ))
+                .with_context(|| format!("after {} events were acknowledged", self.delivered));
             }
+            self.delivered += 1;
         }
-    }
-}
-
-async fn confirm(delivery: DeliveryFuture) -> anyhow::Result<()> {
-    match delivery.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((err, msg))) => {
-            let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
-            Err(anyhow!(
-                "kafka did not acknowledge event (topic {}, key {key}): {err}",
-                msg.topic()
-            ))
-        }
-        Err(_) => Err(anyhow!(
-            "producer closed before kafka acknowledged an event"
-        )),
-    }
-}
-
-/// Delivery confirmations not yet awaited.
-#[derive(Default)]
-struct InFlight {
-    set: JoinSet<anyhow::Result<()>>,
-    delivered: u64,
-}
-
-impl InFlight {
-    fn record(
-        &mut self,
-        joined: Result<anyhow::Result<()>, tokio::task::JoinError>,
-    ) -> anyhow::Result<()> {
-        joined
-            .context("delivery task failed")?
-            .with_context(|| format!("after {} events were acknowledged", self.delivered))?;
-        self.delivered += 1;
         Ok(())
-    }
-
-    async fn await_one(&mut self) -> anyhow::Result<()> {
-        match self.set.join_next().await {
-            Some(joined) => self.record(joined),
-            None => Ok(()),
-        }
     }
 
     /// Records deliveries that already completed, without waiting.
     fn reap(&mut self) -> anyhow::Result<()> {
-        while let Some(joined) = self.set.try_join_next() {
-            self.record(joined)?;
-        }
-        Ok(())
+        self.in_flight.reap();
+        self.record_done()
     }
 
+    /// Waits for every delivery in flight.
     async fn drain(&mut self) -> anyhow::Result<()> {
-        while !self.set.is_empty() {
-            self.await_one().await?;
-        }
-        Ok(())
+        self.in_flight.drain().await;
+        self.record_done()
     }
 }
 

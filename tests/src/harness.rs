@@ -117,6 +117,7 @@ pub fn oracle(evs: &[Ev], window_ms: u64, event_type: Option<&str>) -> BTreeMap<
 }
 
 /// One test's pipeline settings (unique topic, database, pipeline name) and its API.
+#[derive(Clone)]
 pub struct Stack {
     /// Settings with names unique to the test.
     pub settings: PipelineSettings,
@@ -284,6 +285,32 @@ pub async fn check_reports(st: &Stack, evs: &[Ev], from: u64, to: u64) -> anyhow
         }
     }
     Ok(())
+}
+
+/// Waits (at most 120 s) until every window of `window` (label, length in ms) ending by
+/// `until` is final and acknowledged (`complete_until >= until`), failing early if the
+/// pipeline stops.
+pub async fn wait_final(
+    st: &Stack,
+    pipeline: &JoinHandle<Result<(), tally_pipeline::PipelineError>>,
+    (window, window_ms): (&str, u64),
+    until: u64,
+) -> anyhow::Result<()> {
+    crate::eventually(
+        "windows final",
+        std::time::Duration::from_secs(120),
+        || async {
+            ensure!(!pipeline.is_finished(), "the pipeline stopped early");
+            let r = report(st, "events", window, until - window_ms, until, None).await?;
+            let cu = r["complete_until"]
+                .as_str()
+                .ok_or_else(|| anyhow!("complete_until is null"))?;
+            let cu = DateTime::parse_from_rfc3339(cu)?.timestamp_millis() as u64;
+            ensure!(cu >= until, "complete_until {cu} < {until}");
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// `/reports/summary` over `[from, to)`, all events and `signup` only, equals the oracle.

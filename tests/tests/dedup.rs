@@ -14,13 +14,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tally_tests::enabled;
 use tally_tests::harness::{
-    check_reports, check_summary_for, post, report, setup, start_pipeline, teardown, unique_tag,
-    Ev, Stack,
+    check_reports, check_summary_for, post, setup, start_pipeline, teardown, unique_tag,
+    wait_final, Ev, Stack,
 };
-use tally_tests::{enabled, eventually};
 
 const SEC: u64 = 1_000;
 const MIN: u64 = 60 * SEC;
@@ -113,25 +113,6 @@ async fn send_kafka(st: &Stack, evs: &[Ev]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until every day window before `until` is final and acknowledged.
-async fn wait_final(
-    st: &Stack,
-    pipeline: &std::thread::JoinHandle<Result<(), tally_pipeline::PipelineError>>,
-    until: u64,
-) -> anyhow::Result<()> {
-    eventually("windows final", Duration::from_secs(120), || async {
-        ensure!(!pipeline.is_finished(), "the pipeline stopped early");
-        let r = report(st, "events", "1d", until - DAY, until, None).await?;
-        let cu = r["complete_until"]
-            .as_str()
-            .ok_or_else(|| anyhow!("complete_until is null"))?;
-        let cu = DateTime::parse_from_rfc3339(cu)?.timestamp_millis() as u64;
-        ensure!(cu >= until, "complete_until {cu} < {until}");
-        Ok(())
-    })
-    .await
-}
-
 /// `/reports/summary` for `[from, to)` and every event type equals the oracle over `want`.
 async fn check_summaries(st: &Stack, want: &[Ev], from: u64, to: u64) -> anyhow::Result<()> {
     let filters = [
@@ -202,7 +183,7 @@ fn retries_count_once(path: &str) -> anyhow::Result<()> {
             _ => send_kafka(&st, &sent).await,
         }
     })?;
-    rt.block_on(wait_final(&st, &pipeline, d0 + 2 * DAY))?;
+    rt.block_on(wait_final(&st, &pipeline, ("1d", DAY), d0 + 2 * DAY))?;
     rt.block_on(check_everything(&st, &sent, d0))?;
     stop.store(true, Ordering::SeqCst);
     pipeline
@@ -259,7 +240,7 @@ fn a_retry_after_a_restart_counts_once() -> anyhow::Result<()> {
     ];
     let (stop, pipeline) = start_pipeline(&st.settings, &rt);
     rt.block_on(send_http(&st, &before))?;
-    rt.block_on(wait_final(&st, &pipeline, m))?;
+    rt.block_on(wait_final(&st, &pipeline, ("1d", DAY), m))?;
     stop.store(true, Ordering::SeqCst);
     pipeline
         .join()
@@ -267,7 +248,7 @@ fn a_retry_after_a_restart_counts_once() -> anyhow::Result<()> {
 
     let (stop, pipeline) = start_pipeline(&st.settings, &rt);
     rt.block_on(send_http(&st, &after))?;
-    rt.block_on(wait_final(&st, &pipeline, d0 + 2 * DAY))?;
+    rt.block_on(wait_final(&st, &pipeline, ("1d", DAY), d0 + 2 * DAY))?;
     let sent: Vec<Ev> = before.into_iter().chain(after).collect();
     let want = first_seen(&sent);
     rt.block_on(async {

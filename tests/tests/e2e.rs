@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context as _};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use tally_tests::harness::{
-    check_reports, check_summary, events, post, report, setup, start_pipeline, teardown,
-    unique_tag, Ev, Rng,
+    check_reports, check_summary, events, post, setup, start_pipeline, teardown, unique_tag,
+    wait_final, Ev, Rng,
 };
 use tally_tests::{enabled, eventually};
 
@@ -193,19 +193,7 @@ fn events_flow_to_exact_reports_across_a_restart() -> anyhow::Result<()> {
     })?;
     // Every window of the generated range is final.
     let window_end = start + 115 * 60_000;
-    rt.block_on(eventually(
-        "windows before the last event are final",
-        Duration::from_secs(60),
-        || async {
-            let r = report(&st, "events", "1m", from, to, None).await?;
-            let cu = r["complete_until"]
-                .as_str()
-                .ok_or_else(|| anyhow!("complete_until is null"))?;
-            let cu = DateTime::parse_from_rfc3339(cu)?.timestamp_millis() as u64;
-            ensure!(cu >= window_end, "complete_until {cu} < {window_end}");
-            Ok(())
-        },
-    ))?;
+    rt.block_on(wait_final(&st, &pipeline, ("1m", 60_000), window_end))?;
     // An event that does not move the watermark (older than the newest, but its window is still
     // open) must still reach the rollups: provisional output cannot wait for the watermark.
     let quiet = Ev {

@@ -141,12 +141,20 @@ fn late_events_are_corrected_exactly_in_every_window() -> anyhow::Result<()> {
             },
         )
         .await?;
-        // The history in a shuffled order: two thirds over HTTP, a third straight to Kafka,
-        // and a tenth of it sent twice (a client retrying).
-        let (http, kafka) = past.split_at(past.len() * 2 / 3);
+        // The history in a shuffled order: half over HTTP, a sixth straight to Kafka, a tenth
+        // of it sent twice (a client retrying), and the last third with `tally import --wait`.
+        let (http, rest) = past.split_at(past.len() / 2);
+        let (kafka, file) = rest.split_at(rest.len() / 3);
         post_all(&st, http).await?;
         produce(&st, kafka).await?;
         post_all(&st, &past[..past.len() / 10]).await?;
+        let out = import(&st, file, &["--wait"])?;
+        ensure!(out.status.success(), "tally import --wait: {out:?}");
+        // `--wait` returned: every complete day of the history is exact now, without polling.
+        let today = now - now % DAY;
+        check_all(&st, &past, from, today)
+            .await
+            .context("right after tally import --wait")?;
         // Late by seconds (past the 10 s out-of-orderness and 5 s grace), hours and days.
         let t = Utc::now().timestamp_millis() as u64;
         let mut late = history(&mut rng, &format!("{tag}-s"), t - 60_000, t - 20_000, 150);
@@ -204,6 +212,21 @@ fn late_events_are_corrected_exactly_in_every_window() -> anyhow::Result<()> {
     ensure!(windows > 1_000, "only {windows} late windows recorded");
     ensure!(corrected == windows, "{corrected} of {windows} corrected");
     teardown(&rt, &st)
+}
+
+/// Writes `evs` as JSON lines and runs `tally import` on the file with `flags`.
+fn import(st: &Stack, evs: &[Ev], flags: &[&str]) -> anyhow::Result<std::process::Output> {
+    let path = std::env::temp_dir().join(format!("late-{}.jsonl", unique_tag()));
+    let lines: Vec<String> = evs.iter().map(|e| e.json().to_string()).collect();
+    std::fs::write(&path, lines.join("\n"))?;
+    let out = tally_command(st, "import", &st.settings.clickhouse.url)?
+        .arg(&path)
+        .args(flags)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()?;
+    std::fs::remove_file(&path)?;
+    Ok(out)
 }
 
 /// RFC 3339 for a `--from`/`--to` flag.
@@ -266,12 +289,21 @@ fn killing_the_worker_mid_recompute_and_the_pipeline_mid_backfill_loses_and_doub
             || check_summary(&st, &recent, now - 60_000, now),
         )
         .await?;
-        // The pipeline is killed during the backfill and started again.
+        // The pipeline is killed during the backfill (half over HTTP, half with `tally
+        // import`) and started again.
         let (first, second) = past.split_at(past.len() / 2);
         post_all(&st, first).await?;
+        let importing = {
+            let (st, second) = (st.clone(), second.to_vec());
+            std::thread::spawn(move || import(&st, &second, &[]))
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
         tally_tests::harness::send_signal(pipeline.id(), "KILL")?;
         let _ = pipeline.wait();
-        produce(&st, second).await?;
+        let out = importing
+            .join()
+            .map_err(|_| anyhow::anyhow!("the import thread panicked"))??;
+        ensure!(out.status.success(), "tally import: {out:?}");
         pipeline = spawn(&st, "run", &format!("late-run2-{tag}.log"))?;
         let mut stored = recent.clone();
         stored.extend(past.iter().cloned());

@@ -147,14 +147,20 @@ pub struct QueuedJob {
     pub last_error: Option<String>,
     /// De-duplication key.
     pub key: Option<String>,
+    /// Replaced by a newer job with its key while it ran (graphile_worker then sets its
+    /// attempts to the maximum so that it is never retried): not a failure.
+    pub superseded: bool,
 }
 
 impl QueuedJob {
-    /// `running`, `failed` (attempts exhausted), `retrying` (failed before, waiting),
+    /// `running`, `superseded` (a newer job with its key took over; left by a worker that
+    /// stopped mid-run), `failed` (attempts exhausted), `retrying` (failed before, waiting),
     /// `scheduled` (future run) or `queued`.
     pub fn state(&self, now: DateTime<Utc>) -> &'static str {
         if self.locked_at.is_some() {
             "running"
+        } else if self.superseded {
+            "superseded"
         } else if self.attempts >= self.max_attempts {
             "failed"
         } else if self.attempts > 0 {
@@ -170,7 +176,9 @@ impl QueuedJob {
 /// `pipeline`'s jobs in the queue (flag `pipeline:<name>`), oldest first.
 pub async fn queued(pool: &PgPool, pipeline: &str) -> Result<Vec<QueuedJob>, SinkError> {
     sqlx::query_as(
-        "SELECT id, task_identifier AS kind, attempts, max_attempts, run_at, locked_at, last_error, key
+        "SELECT id, task_identifier AS kind, attempts, max_attempts, run_at, locked_at, last_error, key,
+                EXISTS (SELECT 1 FROM graphile_worker._private_job_retirements r WHERE r.id = jobs.id)
+                    AS superseded
          FROM graphile_worker.jobs WHERE flags ? $1 ORDER BY id",
     )
     .bind(super::ledger::pipeline_flag(pipeline))
@@ -228,7 +236,21 @@ pub async fn prune(
     .execute(pool)
     .await
     .map_err(ctx("pruning the late-event ledger"))?;
-    Ok(runs.rows_affected() + rebuilds.rows_affected() + ledger.rows_affected())
+    // Superseded jobs left behind by a worker that stopped mid-run (their newer job did the work).
+    let superseded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM graphile_worker.complete_jobs(ARRAY(
+             SELECT j.id FROM graphile_worker.jobs j
+             JOIN graphile_worker._private_job_retirements r ON r.id = j.id
+             WHERE j.locked_at IS NULL AND j.flags ? $1))",
+    )
+    .bind(super::ledger::pipeline_flag(pipeline))
+    .fetch_one(pool)
+    .await
+    .map_err(ctx("removing superseded jobs"))?;
+    Ok(runs.rows_affected()
+        + rebuilds.rows_affected()
+        + ledger.rows_affected()
+        + u64::try_from(superseded).unwrap_or(0))
 }
 
 /// A rebuild's progress.
