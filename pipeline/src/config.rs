@@ -31,7 +31,8 @@ pub struct PipelineConfig {
     pub max_poll_records: usize,
     /// Reading from Kafka pauses while more rows than this wait for ClickHouse (per worker).
     pub max_pending_rows: usize,
-    /// How often dropping expired partitions is checked on servers without TTL, in seconds.
+    /// How often the `retention` job runs (drops expired partitions on servers without TTL,
+    /// prunes old job runs), in seconds.
     pub retention_check_secs: u64,
     /// How long a shutdown waits for ClickHouse to acknowledge what is buffered, in
     /// milliseconds; progress is then saved up to what it did acknowledge (the rest is read
