@@ -1,5 +1,6 @@
 //! Tally's ClickHouse SQL on a *current* ClickHouse (26.x), while the local stack runs 18.16:
-//! the schema for both feature sets, the TTL probe, and the report and summary queries with
+//! the schema for both feature sets, the TTL probe, the report and summary queries and the
+//! corrections' recompute with
 //! their client-side bound values, run in-process by `tests/current_clickhouse.py` (PyPI
 //! `chdb-core`). The expected results are worked out by hand from the rows inserted here.
 
@@ -115,7 +116,28 @@ fn sql_runs_on_current_clickhouse() -> anyhow::Result<()> {
             .sql_display()
             .to_string()
     };
+    // Corrections: the recompute of the two minutes from the raw events, each id once as its
+    // first copy (e2 at t0+2 as a view, e3 as a view, e4 as a signup).
+    let recompute = |per_type: bool| {
+        let select = tally_sinks::clickhouse::recompute::recompute_select_sql(60, per_type);
+        let sql = format!(
+            "SELECT toUInt32(ws), event_type, events, unique_users, unique_sessions,
+                    unique_event_types FROM ({select}) ORDER BY ws, event_type"
+        );
+        client
+            .query(&sql)
+            .bind("1m")
+            .bind(99_u64)
+            .bind(t0)
+            .bind(t0 + 120)
+            .sql_display()
+            .to_string()
+    };
     let checks = json!([
+        {"sql": recompute(true), "expect": format!(
+            "{t0},\"click\",1,1,1,1\n{t0},\"view\",1,1,1,1\n{m1},\"signup\",1,1,1,1\n{m1},\"view\",1,1,0,1\n",
+            m1 = t0 + 60)},
+        {"sql": recompute(false), "expect": format!("{t0},\"\",2,1,1,2\n{},\"\",2,2,1,2\n", t0 + 60)},
         {"sql": report_sql(&client, Metric::Events, None), "expect": format!("{t0},2\n{},1\n", t0 + 60)},
         {"sql": report_sql(&client, Metric::UniqueEventTypes, None), "expect": format!("{t0},2\n{},1\n", t0 + 60)},
         {"sql": report_sql(&client, Metric::UniqueSessions, None), "expect": format!("{t0},1\n{},0\n", t0 + 60)},
@@ -147,7 +169,7 @@ fn sql_runs_on_current_clickhouse() -> anyhow::Result<()> {
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success(), "{text}");
     ensure!(
-        text.matches("\nok:").count() == 13,
+        text.matches("\nok:").count() == 15,
         "not every check ran:\n{text}"
     );
     Ok(())

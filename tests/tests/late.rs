@@ -114,6 +114,36 @@ async fn settled(
     Ok(started.elapsed())
 }
 
+/// A pipeline and a job worker running in this process for the test's stack.
+struct Running {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pipeline: std::thread::JoinHandle<Result<(), tally_pipeline::PipelineError>>,
+    stop_worker: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    worker: tokio::task::JoinHandle<Result<(), tally_jobs::JobsError>>,
+}
+
+impl Running {
+    fn start(st: &Stack, rt: &tokio::runtime::Runtime) -> Running {
+        let (stop, pipeline) = start_pipeline(&st.settings, rt);
+        let (stop_worker, worker) = start_worker(&st.settings, rt);
+        Running {
+            stop,
+            pipeline,
+            stop_worker,
+            worker,
+        }
+    }
+
+    /// Stops both (the pipeline drains) and waits for them.
+    fn stop(self, rt: &tokio::runtime::Runtime) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stop_worker
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.pipeline.join();
+        let _ = rt.block_on(self.worker);
+    }
+}
+
 #[test]
 fn late_events_are_corrected_exactly_in_every_window() -> anyhow::Result<()> {
     if !enabled("late_events_are_corrected_exactly_in_every_window") {
@@ -121,8 +151,7 @@ fn late_events_are_corrected_exactly_in_every_window() -> anyhow::Result<()> {
     }
     let tag = unique_tag();
     let (rt, st) = setup(&tag)?;
-    let (stop, pipeline) = start_pipeline(&st.settings, &rt);
-    let (stop_worker, worker) = start_worker(&st.settings, &rt);
+    let running = Running::start(&st, &rt);
     let now = Utc::now().timestamp_millis() as u64;
     let from = now - now % DAY - 35 * DAY;
     let mut rng = Rng(0x1A7E ^ now);
@@ -187,10 +216,7 @@ fn late_events_are_corrected_exactly_in_every_window() -> anyhow::Result<()> {
     // Up to the last closed minute: later windows are still open (provisional).
     let to = end - end % 60_000 - 60_000;
     let took = rt.block_on(settled(&st, &all, from, to, Duration::from_secs(120)));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    stop_worker.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = pipeline.join();
-    let _ = rt.block_on(worker);
+    running.stop(&rt);
     let took = took?;
     eprintln!(
         "settled {} events over 35 days in {:.1} s after the last post",
@@ -375,8 +401,7 @@ fn rebuild_rewrites_a_range_with_the_same_exact_values() -> anyhow::Result<()> {
     }
     let tag = unique_tag();
     let (rt, st) = setup(&tag)?;
-    let (stop, pipeline) = start_pipeline(&st.settings, &rt);
-    let (stop_worker, worker) = start_worker(&st.settings, &rt);
+    let running = Running::start(&st, &rt);
     let now = Utc::now().timestamp_millis() as u64;
     let from = now - now % DAY - 3 * DAY;
     let mut rng = Rng(0xB1D ^ now);
@@ -428,10 +453,7 @@ fn rebuild_rewrites_a_range_with_the_same_exact_values() -> anyhow::Result<()> {
         ensure!(stdout.contains("done"), "tally rebuild said: {stdout}");
         rt.block_on(check_all(&st, &all, from, to))
     })();
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    stop_worker.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = pipeline.join();
-    let _ = rt.block_on(worker);
+    running.stop(&rt);
     outcome?;
     teardown(&rt, &st)
 }
