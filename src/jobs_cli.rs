@@ -1,5 +1,6 @@
 //! `tally rebuild` and `tally jobs`: the job queue from the command line.
 
+use std::fmt::Write as _;
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
@@ -64,8 +65,16 @@ fn rfc3339(ms: i64) -> String {
 /// done (a bar on a terminal, a line every 5 s otherwise). Fails when the job fails for good.
 pub async fn rebuild(config: &TallyConfig, args: &RebuildArgs) -> anyhow::Result<()> {
     let (from, to) = (parse_time("from", &args.from)?, parse_time("to", &args.to)?);
+    // Nothing older than the retention is stored, and nothing after today is closed.
+    let today = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0) / 86_400_000 * 86_400_000;
+    let oldest = today.saturating_sub(u64::from(config.clickhouse.retention_days) * 86_400_000);
+    let (from, to) = (from.max(oldest), to.min(today + 86_400_000));
     let Some((from, to)) = tally_jobs::aligned_range(from, to) else {
-        return Err(anyhow::anyhow!("--to must be after --from").context(crate::InvalidConfig));
+        return Err(anyhow::anyhow!(
+            "--to must be after --from, within the retention ({} days) and not after today",
+            config.clickhouse.retention_days
+        )
+        .context(crate::InvalidConfig));
     };
     let pool = tally_sinks::postgres::connect(&config.postgres).await?;
     let (from_ms, to_ms) = (
@@ -105,6 +114,7 @@ pub async fn rebuild(config: &TallyConfig, args: &RebuildArgs) -> anyhow::Result
     });
     let started = Instant::now();
     let mut last_line = Instant::now();
+    let mut last_hint = Instant::now();
     loop {
         let r = records::rebuild_get(&pool, id)
             .await?
@@ -140,11 +150,16 @@ pub async fn rebuild(config: &TallyConfig, args: &RebuildArgs) -> anyhow::Result
         }
         if r.state == "queued"
             && started.elapsed() > Duration::from_secs(15)
-            && last_line.elapsed() >= Duration::from_secs(5)
+            && last_hint.elapsed() >= Duration::from_secs(15)
         {
-            eprintln!(
+            last_hint = Instant::now();
+            let hint = format!(
                 "rebuild {id}: still queued; is a worker running (`tally worker` or `tally all`)?"
             );
+            match &bar {
+                Some(bar) => bar.println(hint),
+                None => eprintln!("{hint}"),
+            }
             last_line = Instant::now();
         }
         // A job that failed for good never sets `failed` itself: check the queue.
@@ -172,17 +187,20 @@ pub async fn rebuild(config: &TallyConfig, args: &RebuildArgs) -> anyhow::Result
 pub async fn jobs(config: &TallyConfig, args: &JobsArgs) -> anyhow::Result<()> {
     let pool = tally_sinks::postgres::connect(&config.postgres).await?;
     let now = Utc::now();
+    let mut out = String::new();
     let pipeline = &config.pipeline.name;
     let queued = records::queued(&pool, pipeline).await?;
-    println!("queue ({} jobs):", queued.len());
+    let _ = writeln!(out, "queue ({} jobs):", queued.len());
     if !queued.is_empty() {
-        println!(
+        let _ = writeln!(
+            out,
             "  {:>8}  {:<10} {:<9} {:>8}  {:<20}  last error",
             "id", "kind", "state", "attempts", "run at"
         );
     }
     for j in &queued {
-        println!(
+        let _ = writeln!(
+            out,
             "  {:>8}  {:<10} {:<9} {:>8}  {:<20}  {}",
             j.id,
             j.kind,
@@ -198,9 +216,10 @@ pub async fn jobs(config: &TallyConfig, args: &JobsArgs) -> anyhow::Result<()> {
         );
     }
     let runs = records::recent_runs(&pool, pipeline, args.limit).await?;
-    println!("recent runs ({}):", runs.len());
+    let _ = writeln!(out, "recent runs ({}):", runs.len());
     if !runs.is_empty() {
-        println!(
+        let _ = writeln!(
+            out,
             "  {:>8} {:>8}  {:<10} {:<10} {:>7}  {:<20} {:>9}  result",
             "run", "job", "kind", "state", "attempt", "started", "seconds"
         );
@@ -215,7 +234,8 @@ pub async fn jobs(config: &TallyConfig, args: &JobsArgs) -> anyhow::Result<()> {
                 )
             })
             .unwrap_or_else(|| "-".into());
-        println!(
+        let _ = writeln!(
+            out,
             "  {:>8} {:>8}  {:<10} {:<10} {:>7}  {:<20} {:>9}  {}",
             r.id,
             r.job_id,
@@ -229,16 +249,21 @@ pub async fn jobs(config: &TallyConfig, args: &JobsArgs) -> anyhow::Result<()> {
         );
     }
     let (pending, lag) = ledger::backlog(&pool, pipeline).await?;
-    println!("corrections: {pending} windows pending, oldest {lag:.1} s");
+    let _ = writeln!(
+        out,
+        "corrections: {pending} windows pending, oldest {lag:.1} s"
+    );
     if args.late {
         let entries = ledger::recent(&pool, pipeline, args.limit).await?;
-        println!("late-event ledger (latest {}):", entries.len());
-        println!(
+        let _ = writeln!(out, "late-event ledger (latest {}):", entries.len());
+        let _ = writeln!(
+            out,
             "  {:<6} {:<20} {:>11} {:>11}  {:<8} {:<20}  last corrected",
             "window", "start", "late events", "corrections", "pending", "last late event"
         );
         for e in entries {
-            println!(
+            let _ = writeln!(
+                out,
                 "  {:<6} {:<20} {:>11} {:>11}  {:<8} {:<20}  {}",
                 e.window_name,
                 rfc3339(e.window_start_ms),
@@ -253,5 +278,9 @@ pub async fn jobs(config: &TallyConfig, args: &JobsArgs) -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
+    // A closed pipe (`tally jobs | head`) is not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

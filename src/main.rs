@@ -45,7 +45,7 @@ enum Command {
     Run,
     /// Serve the HTTP API.
     Serve,
-    /// Run the pipeline and the API in one process.
+    /// Run the pipeline, the API and the job worker in one process.
     All,
     /// Send synthetic user events to Kafka (load generator).
     Produce(produce::ProduceArgs),
@@ -101,6 +101,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         .find_map(|e| e.downcast_ref::<import::ImportError>())
     {
         return import.exit_code();
+    }
+    if e.chain()
+        .any(|e| e.downcast_ref::<import::settle::NotSettled>().is_some())
+    {
+        return ExitClass::Conflict.code(); // 75, EX_TEMPFAIL: try again later
     }
     ExitClass::of_chain(e.chain()).map_or(1, ExitClass::code)
 }

@@ -15,11 +15,14 @@ use crate::window::Window;
 
 /// How long an event id is remembered after its first copy.
 ///
-/// An id first seen with event time `ts` is remembered until the watermark reaches
-/// [`DedupHorizon::remembered_until`]: the end of the hour containing `ts` (of the longest
-/// window containing it, when that is shorter than an hour), plus the longest window, plus the
-/// grace period. With the defaults (1 day, 5 s) that is between 1 day 5 s and 1 day 1 hour 5 s
-/// after `ts`. Rounding to the hour keeps few buckets of ids, and makes the horizon outlast
+/// An id first seen with event time `ts`, read when the watermark was `r`, is remembered until
+/// the watermark reaches [`DedupHorizon::remembered_until_read`]: the later of
+/// [`DedupHorizon::remembered_until`] for `ts` and for `r`, i.e. the end of the hour containing
+/// `ts` (or `r`; of the longest window, when that is shorter than an hour), plus the longest
+/// window, plus the grace period. With the defaults (1 day, 5 s) that is between 1 day 5 s and
+/// 1 day 1 hour 5 s after `ts` for an event read on time, and as long after its read for a late
+/// one: a re-send of an event that was already days old when it first arrived is still dropped
+/// if it comes within a day, whatever time it carries. Rounding to the hour keeps few buckets of ids, and makes the horizon outlast
 /// every window of any copy stamped less than an hour after the first: such a copy read after
 /// the horizon (e.g. re-read after a restart, once the first copy's offset was committed) is
 /// late for all its windows, so it cannot count in a rollup.
@@ -41,6 +44,19 @@ impl DedupHorizon {
             Window::Hour
         };
         block.start_of(ts_ms) + block.millis() + self.longest.millis() + self.grace_ms
+    }
+
+    /// The watermark from which copies of an id first seen with event time `ts_ms`, read when
+    /// the watermark was `read_time`, are no longer recognised: the later of
+    /// [`DedupHorizon::remembered_until`] of the two.
+    pub const fn remembered_until_read(self, ts_ms: u64, read_time: u64) -> u64 {
+        let by_time = self.remembered_until(ts_ms);
+        let by_read = self.remembered_until(read_time);
+        if by_time > by_read {
+            by_time
+        } else {
+            by_read
+        }
     }
 }
 
@@ -142,10 +158,9 @@ impl<'scope, D: ExchangeData + Identified> Dedup<'scope, D> for StreamVec<'scope
                             counters.add_duplicates(1);
                             continue;
                         }
-                        let until = horizon.remembered_until(record.event_time_ms());
-                        if until > read_time {
-                            seen.entry(until).or_default().insert(id);
-                        }
+                        let until =
+                            horizon.remembered_until_read(record.event_time_ms(), read_time);
+                        seen.entry(until).or_default().insert(id);
                         session.give(record);
                     }
                 });

@@ -24,7 +24,8 @@ pub struct Expected {
 
 /// The read time (watermark) from which an id first seen with event time `ts_ms` is forgotten:
 /// the end of the hour of `ts_ms` (of its longest window, when that is shorter than an hour),
-/// plus the longest window, plus the grace period. Written out here with plain arithmetic, apart
+/// plus the longest window, plus the grace period (the model applies it to the read time as
+/// well and takes the later). Written out here with plain arithmetic, apart
 /// from the operator's own computation.
 fn forgotten_at(spec: &RollupSpec, ts_ms: u64) -> u64 {
     let longest = spec
@@ -52,7 +53,9 @@ pub fn expected(spec: &RollupSpec, reads: &[(u64, Observation)]) -> Expected {
             out.duplicates += 1;
             continue;
         }
-        first_seen.insert(obs.event_id, forgotten_at(spec, obs.ts_ms));
+        // Remembered from the later of its time and its read (a late first copy too).
+        let forgotten = forgotten_at(spec, obs.ts_ms).max(forgotten_at(spec, *read_time));
+        first_seen.insert(obs.event_id, forgotten);
         kept.push((*read_time, obs));
         out.kept.push(obs.clone());
     }

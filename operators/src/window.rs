@@ -86,7 +86,7 @@ pub fn settled_after(windows: &[Window], ts_ms: u64, read_time: u64, grace_ms: u
     let horizon = DedupHorizon { longest, grace_ms };
     let closes = windows.iter().map(|w| w.close_time(ts_ms, grace_ms));
     closes
-        .chain([horizon.remembered_until(ts_ms)])
+        .chain([horizon.remembered_until_read(ts_ms, read_time)])
         .filter(|&t| t > read_time)
         .max()
         .unwrap_or(read_time)
@@ -137,11 +137,18 @@ mod tests {
         assert_eq!(settled_after(&all, ts, 0, 0), horizon);
         assert_eq!(settled_after(&all, ts, 0, 5_000), horizon + 5_000);
         assert!(horizon > Window::Day.close_time(ts, 0));
-        // Read after its day closed but within the horizon: still owed until the horizon.
+        // Read late (after its day closed): owed until a day after the hour of its read, since
+        // the dedup remembers a late first copy that long too.
         let after_day = Window::Day.close_time(ts, 0);
-        assert_eq!(settled_after(&all, ts, after_day, 0), horizon);
-        // Read after the horizon: owed until its read time only.
-        assert_eq!(settled_after(&all, ts, horizon + 7, 0), horizon + 7);
+        assert_eq!(
+            settled_after(&all, ts, after_day, 0),
+            after_day + 3_600_000 + 86_400_000
+        );
+        // Read after the horizon of its own time: likewise from its read.
+        assert_eq!(
+            settled_after(&all, ts, horizon + 7, 0),
+            horizon + 3_600_000 + 86_400_000
+        );
         // Shorter windows: the hour ends at 11:00, plus one hour.
         let hour_horizon = 1_710_324_000_000 + 2 * 3_600_000;
         let short = [Window::Minute, Window::Hour];

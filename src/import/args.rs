@@ -35,9 +35,13 @@ pub struct ImportArgs {
     /// Exit 0 even when records were rejected (they are still written to the rejects file).
     #[arg(long)]
     pub allow_rejects: bool,
-    /// After the import, wait until the pipeline has counted the imported time range.
+    /// After the import, wait until the pipeline has counted the imported time range and its
+    /// late windows are corrected (a signal stops waiting: exit 130).
     #[arg(long)]
     pub wait: bool,
+    /// With --wait: give up after this many seconds (exit 75).
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub wait_timeout: u64,
 }
 
 /// An input format.

@@ -233,7 +233,16 @@ pub fn read_all(
             .map_err(|e| unreadable(0, e))?
             .map_err(|e| ImportError::Config(format!("{}: {e}", source.path.display())))?;
         for record in rows {
-            let record = record.map_err(|e| unreadable(count, e))?;
+            let record = match record {
+                Ok(record) => record,
+                Err(e) => {
+                    // What was read before the failure is sent, as the error says.
+                    if !batch.is_empty() {
+                        let _ = tx.blocking_send(std::mem::take(&mut batch));
+                    }
+                    return Err(unreadable(count, e));
+                }
+            };
             count += 1;
             batch.push(check(record, &plan.mapping, plan.limits));
             if batch.len() == BATCH {

@@ -122,7 +122,10 @@ pub async fn run(
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
     if let (true, Some((min, max))) = (args.wait, sender.range) {
-        settle::wait_until_settled(config, min, max).await?;
+        let timeout = std::time::Duration::from_secs(args.wait_timeout);
+        if !settle::wait_until_settled(config, min, max, &stop, timeout).await? {
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
     }
     Ok(if summary.counts.rejected > 0 && !args.allow_rejects {
         ExitCode::from(EXIT_REJECTS)

@@ -1,5 +1,6 @@
 //! `tally import --wait`: waiting until the pipeline has counted an imported time range.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -20,16 +21,34 @@ const POLL: Duration = Duration::from_millis(500);
 ///    start in the range is pending in the late-event ledger and no `correct` job of the
 ///    pipeline is waiting or running, at two checks 1 s apart.
 ///
-/// Prints what it waits for on stderr every 5 s, and the time it took when settled.
+/// Prints what it waits for on stderr every 5 s, and the time it took when settled. Returns
+/// `false` when `stop` was set (a signal) before it settled.
 ///
 /// # Errors
-/// PostgreSQL or Kafka unreachable; the pipeline never read the records (no progress for the
-/// topic); a `correct` job failed for good.
+/// PostgreSQL or Kafka unreachable; not settled within `timeout` (exit 75, `EX_TEMPFAIL`: the
+/// pipeline or the worker is not running or far behind); a `correct` job failed for good.
 pub async fn wait_until_settled(
     config: &TallyConfig,
     min_ts_ms: u64,
     max_ts_ms: u64,
-) -> anyhow::Result<()> {
+    stop: &AtomicBool,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    let check = |what: &str| -> anyhow::Result<bool> {
+        if stop.load(Ordering::SeqCst) {
+            eprintln!("stopped waiting ({what}); the import itself is complete");
+            return Ok(false);
+        }
+        if Instant::now() >= deadline {
+            return Err(anyhow::Error::new(NotSettled(format!(
+                "not settled after {} s ({what}); the import itself is complete: is `tally run` \
+                 and a worker (`tally worker`, or `tally all`) running?",
+                timeout.as_secs()
+            ))));
+        }
+        Ok(true)
+    };
     let started = Instant::now();
     let topic = config.kafka.topic.clone();
     let kafka = config.kafka.clone();
@@ -75,6 +94,9 @@ pub async fn wait_until_settled(
         if behind.is_empty() {
             break;
         }
+        if !check("the pipeline has not read the import yet")? {
+            return Ok(false);
+        }
         if said.elapsed() >= Duration::from_secs(5) {
             eprintln!("  the pipeline has not read {} yet", behind.join(", "));
             said = Instant::now();
@@ -89,6 +111,9 @@ pub async fn wait_until_settled(
     );
     let mut quiet = 0;
     while quiet < 2 {
+        if !check("windows wait for their correction")? {
+            return Ok(false);
+        }
         let pending: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM late_windows WHERE pipeline = $1 AND pending_since IS NOT NULL
                AND window_start_ms >= $2 AND window_start_ms <= $3",
@@ -126,5 +151,17 @@ pub async fn wait_until_settled(
         "settled: the reports for the imported range are exact ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(true)
 }
+
+/// `--wait` gave up: exit 75 (`EX_TEMPFAIL`).
+#[derive(Debug)]
+pub struct NotSettled(String);
+
+impl std::fmt::Display for NotSettled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotSettled {}

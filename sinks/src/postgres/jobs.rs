@@ -94,8 +94,9 @@ pub struct JobRun {
     pub job_id: i64,
     /// `correct`, `rebuild` or `retention`.
     pub kind: String,
-    /// `running`, `succeeded` or `failed` (a run left `running` by a killed worker stays so; the
-    /// job itself is retried).
+    /// `running`, `succeeded`, `failed` or `interrupted` (its worker died; the `retention` job
+    /// marks such runs once their job is no longer locked; the job itself is retried or
+    /// superseded).
     pub state: String,
     /// Attempt number (1 for the first).
     pub attempt: i32,
@@ -236,6 +237,18 @@ pub async fn prune(
     .execute(pool)
     .await
     .map_err(ctx("pruning the late-event ledger"))?;
+    // Runs whose worker died: their job is no longer locked (recovered or superseded).
+    let interrupted = sqlx::query(
+        "UPDATE job_runs SET state = 'interrupted', finished_at = now(),
+                error = 'the worker stopped during this run; the job was retried or superseded'
+         WHERE pipeline = $1 AND state = 'running' AND started_at < now() - interval '1 minute'
+           AND NOT EXISTS (SELECT 1 FROM graphile_worker.jobs j
+                           WHERE j.id = job_runs.job_id AND j.locked_at IS NOT NULL)",
+    )
+    .bind(pipeline)
+    .execute(pool)
+    .await
+    .map_err(ctx("marking interrupted job runs"))?;
     // Superseded jobs left behind by a worker that stopped mid-run (their newer job did the work).
     let superseded: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM graphile_worker.complete_jobs(ARRAY(
@@ -248,6 +261,7 @@ pub async fn prune(
     .await
     .map_err(ctx("removing superseded jobs"))?;
     Ok(runs.rows_affected()
+        + interrupted.rows_affected()
         + rebuilds.rows_affected()
         + ledger.rows_affected()
         + u64::try_from(superseded).unwrap_or(0))
