@@ -54,6 +54,10 @@ enum Command {
         /// Jobs run at once.
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
+        /// Serve `GET /metrics` (the job and correction metrics) on this address, e.g.
+        /// 127.0.0.1:9101.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<String>,
     },
     /// Recompute every rollup row in a time range from the raw events (e.g. after a bug fix),
     /// widened to whole UTC days; runs as a job on a worker and shows its progress.
@@ -161,7 +165,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{report}");
             Ok(())
         }),
-        Command::Worker { concurrency } => runtime.block_on(async {
+        Command::Worker {
+            concurrency,
+            metrics_listen,
+        } => runtime.block_on(async {
+            if let Some(addr) = metrics_listen {
+                let listener = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("binding --metrics-listen {addr}"))
+                    .context(InvalidConfig)?;
+                tokio::spawn(tally_api::serve(
+                    listener,
+                    tally_api::metrics_router(),
+                    std::future::pending(),
+                ));
+            }
             let pool = tally_sinks::postgres::connect(&config.postgres).await?;
             let stop = async {
                 let _ = wait_for_signal().await;

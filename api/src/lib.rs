@@ -90,6 +90,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// A router serving only `GET /metrics` (Prometheus text of the default registry), for
+/// processes without the API (`tally worker --metrics-listen`).
+pub fn metrics_router() -> Router {
+    Router::new().route("/metrics", get(metrics))
+}
+
 async fn metrics() -> Response {
     let families = prometheus::default_registry().gather();
     match prometheus::TextEncoder::new().encode_to_string(&families) {

@@ -134,3 +134,20 @@ async fn health_metrics_and_unknown_routes() {
     let (status, _) = get("/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_metrics_router_serves_only_metrics() {
+    use tower::ServiceExt as _;
+    tally_pipeline::metrics::Metrics::get().events_read.inc();
+    let get = |uri: &str| {
+        tally_api::metrics_router().oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+    };
+    let response = get("/metrics").await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .expect("body");
+    assert!(String::from_utf8_lossy(&body).contains("tally_pipeline_events_read_total"));
+    let response = get("/reports").await.expect("response");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
