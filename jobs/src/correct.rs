@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use graphile_worker::{IntoTaskHandlerResult, TaskHandler, WorkerContext};
 use serde::{Deserialize, Serialize};
 use tally_operators::Window;
-use tally_sinks::clickhouse::recompute::{coalesce, recompute, WindowRange};
+use tally_sinks::clickhouse::recompute::{recompute, WindowSet};
 use tally_sinks::postgres::ledger::{self, PendingWindow};
 use tally_sinks::SinkError;
 
@@ -63,8 +63,8 @@ pub struct CorrectionReport {
     pub waiting: u64,
     /// When the oldest of those was first marked, ms since the epoch (`i64::MAX` if none).
     pub oldest_waiting_ms: i64,
-    /// Range queries run.
-    pub ranges: u64,
+    /// `INSERT … SELECT` statements run (each covers many ranges).
+    pub statements: u64,
     /// Rollup rows written.
     pub rows_written: u64,
 }
@@ -73,8 +73,8 @@ impl std::fmt::Display for CorrectionReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "corrected {} windows in {} ranges ({} rows); {} marked again, {} waiting for the frontier",
-            self.corrected, self.ranges, self.rows_written, self.remarked, self.waiting
+            "corrected {} windows in {} statements ({} rows); {} marked again, {} waiting for the frontier",
+            self.corrected, self.statements, self.rows_written, self.remarked, self.waiting
         )
     }
 }
@@ -82,19 +82,8 @@ impl std::fmt::Display for CorrectionReport {
 /// Most windows read from the ledger per pass (the job loops until none is ready).
 const BATCH: i64 = 50_000;
 
-/// Longest range per query and the gap of empty windows worth bridging, per window kind:
-/// minutes up to a day (bridging 30 min), hours up to 31 days (bridging 6 h), days up to a year
-/// (bridging a week).
-fn range_limits(window: Window) -> (u64, u64) {
-    match window {
-        Window::Minute => (30, 1_440),
-        Window::Hour => (6, 744),
-        Window::Day => (7, 366),
-    }
-}
-
-/// Recomputes every pending window that the acknowledged frontier allows, coalesced into range
-/// queries, and clears each whose generation did not change meanwhile. Loops until no pending
+/// Recomputes every pending window that the acknowledged frontier allows (per window kind,
+/// [`tally_sinks::clickhouse::recompute::WINDOWS_PER_STATEMENT`] windows per statement), and clears each whose generation did not change meanwhile. Loops until no pending
 /// window is ready.
 ///
 /// Errors: [`SinkError`] from PostgreSQL or ClickHouse; the job is then retried, and a
@@ -151,18 +140,10 @@ pub async fn correct_pending(
                 .iter()
                 .map(|w| u64::try_from(w.start_ms).unwrap_or(0))
                 .collect();
-            let (gap, max) = range_limits(window);
-            for (from_ms, to_ms) in coalesce(&starts, window.millis(), gap, max) {
-                let range = WindowRange {
-                    window: window.label().to_owned(),
-                    size_ms: window.millis(),
-                    from_ms,
-                    to_ms,
-                };
-                let stats = recompute(clickhouse, &range, now_ns()).await?;
-                report.ranges += 1;
-                report.rows_written += stats.rows_written;
-            }
+            let set = WindowSet::of_starts(window.label(), window.millis(), starts);
+            let stats = recompute(clickhouse, &set, now_ns()).await?;
+            report.statements += stats.statements;
+            report.rows_written += stats.rows_written;
             let cleared =
                 ledger::settle(pool, &settings.pipeline, &settings.topology, &windows).await?;
             report.corrected += cleared;

@@ -4,7 +4,7 @@
 
 use graphile_worker::{IntoTaskHandlerResult, TaskHandler, WorkerContext};
 use serde::{Deserialize, Serialize};
-use tally_sinks::clickhouse::recompute::{recompute, WindowRange};
+use tally_sinks::clickhouse::recompute::{recompute, WindowSet};
 use tally_sinks::postgres::jobs as records;
 
 use crate::correct::now_ns;
@@ -57,11 +57,12 @@ impl TaskHandler for Rebuild {
                         skipped_open += 1;
                         continue;
                     }
-                    let range = WindowRange {
+                    let range = WindowSet {
                         window: window.label().to_owned(),
                         size_ms: window.millis(),
                         from_ms: day,
                         to_ms: end,
+                        starts: Vec::new(),
                     };
                     let stats = recompute(&job.clickhouse.0, &range, now_ns())
                         .await
