@@ -422,19 +422,19 @@ fn check_windows(windows: &[WindowSpec]) -> Result<(), TopologyError> {
                 format!("window {:?} is declared twice", w.name),
             ));
         }
-        if w.size_ms == 0 || w.size_ms % 1_000 != 0 {
+        if w.size_ms == 0 || !w.size_ms.is_multiple_of(1_000) {
             return Err(invalid(
                 key("size"),
                 "must be a positive whole number of seconds",
             ));
         }
-        if w.slide_ms == 0 || w.slide_ms % 1_000 != 0 {
+        if w.slide_ms == 0 || !w.slide_ms.is_multiple_of(1_000) {
             return Err(invalid(
                 key("slide"),
                 "must be a positive whole number of seconds",
             ));
         }
-        if w.slide_ms > w.size_ms || w.size_ms % w.slide_ms != 0 {
+        if w.slide_ms > w.size_ms || !w.size_ms.is_multiple_of(w.slide_ms) {
             return Err(invalid(
                 key("slide"),
                 "must divide the size (a hopping window's slide is shorter than its size)",
