@@ -10,6 +10,7 @@
 mod dedup;
 mod hashing;
 mod observation;
+mod point;
 pub mod reference;
 mod rollup;
 mod window;
@@ -17,5 +18,6 @@ mod window;
 pub use dedup::{Dedup, DedupHorizon, Identified};
 pub use hashing::{hash128, hash64, IdSet};
 pub use observation::{Observation, OperatorCounters};
+pub use point::Point;
 pub use rollup::{Rollup, RollupRow, RollupSpec, WindowKey};
 pub use window::{late_windows, settled_after, Window};

@@ -20,6 +20,8 @@ pub struct Observation {
     pub user: u128,
     /// Hash of the session id, `None` when the event has no session.
     pub session: Option<u128>,
+    /// The event's metadata object (shared, not copied, by every topology that reads it).
+    pub metadata: Arc<serde_json::Map<String, serde_json::Value>>,
     /// Read again after a restart (it was read before the stop). Replayed events are aggregated
     /// like any other, but one that is late is expected, not news: it is not counted as late.
     pub replayed: bool,
