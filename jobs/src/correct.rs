@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 
 use graphile_worker::{IntoTaskHandlerResult, TaskHandler, WorkerContext};
 use serde::{Deserialize, Serialize};
-use tally_operators::Window;
-use tally_sinks::clickhouse::recompute::{recompute, WindowSet};
+use tally_core::{RowTable, Topology, WindowSpec};
 use tally_sinks::postgres::ledger::{self, PendingWindow};
 use tally_sinks::SinkError;
 
 use crate::metrics::Metrics;
+use crate::recompute::recompute;
 use crate::run::tracked;
 use crate::JobSettings;
 
@@ -63,7 +63,7 @@ pub struct CorrectionReport {
     pub waiting: u64,
     /// When the oldest of those was first marked, ms since the epoch (`i64::MAX` if none).
     pub oldest_waiting_ms: i64,
-    /// `INSERT … SELECT` statements run (each covers many ranges).
+    /// Raw-event reads run (each covers many windows).
     pub statements: u64,
     /// Rollup rows written.
     pub rows_written: u64,
@@ -73,7 +73,7 @@ impl std::fmt::Display for CorrectionReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "corrected {} windows in {} statements ({} rows); {} marked again, {} waiting for the frontier",
+            "corrected {} windows with {} reads ({} rows); {} marked again, {} waiting for the frontier",
             self.corrected, self.statements, self.rows_written, self.remarked, self.waiting
         )
     }
@@ -82,9 +82,9 @@ impl std::fmt::Display for CorrectionReport {
 /// Most windows read from the ledger per pass (the job loops until none is ready).
 const BATCH: i64 = 50_000;
 
-/// Recomputes every pending window that the acknowledged frontier allows (per window kind,
-/// [`tally_sinks::clickhouse::recompute::WINDOWS_PER_STATEMENT`] windows per statement), and clears each whose generation did not change meanwhile. Loops until no pending
-/// window is ready.
+/// Recomputes every pending window of every topology that the acknowledged frontier allows
+/// (per topology, table and window kind; see [`crate::recompute`]), and clears each whose
+/// generation did not change meanwhile. Loops until no pending window is ready.
 ///
 /// Errors: [`SinkError`] from PostgreSQL or ClickHouse; the job is then retried, and a
 /// recompute that ran before the error is harmless (same values, newer version).
@@ -97,28 +97,46 @@ pub async fn correct_pending(
         oldest_waiting_ms: i64::MAX,
         ..CorrectionReport::default()
     };
+    let frontier = tally_sinks::postgres::acked_frontier(pool, &settings.pipeline).await?;
+    for topology in &settings.topologies {
+        correct_topology(settings, pool, clickhouse, topology, frontier, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// The dataflow time after which a window of `table` starting at `start_ms` is written final.
+fn closes_at(topology: &Topology, table: RowTable, w: &WindowSpec, start: u64, grace: u64) -> u64 {
+    match (table, topology.sessions) {
+        (RowTable::Sessions, Some(s)) => start + w.size_ms + s.window_delay_ms(grace),
+        _ => w.close_time(start, grace),
+    }
+}
+
+/// [`correct_pending`] for one topology.
+async fn correct_topology(
+    settings: &JobSettings,
+    pool: &sqlx::PgPool,
+    clickhouse: &clickhouse::Client,
+    topology: &Topology,
+    frontier: u64,
+    report: &mut CorrectionReport,
+) -> Result<(), SinkError> {
     loop {
-        let frontier: Option<i64> = sqlx::query_scalar(
-            "SELECT acked_frontier_ms FROM pipeline_frontiers WHERE pipeline = $1",
-        )
-        .bind(&settings.pipeline)
-        .fetch_optional(pool)
-        .await
-        .map_err(|e| SinkError::postgres("reading the pipeline frontier", e))?;
-        let frontier = u64::try_from(frontier.unwrap_or(0)).unwrap_or(0);
-        let pending = ledger::pending(pool, &settings.pipeline, &settings.topology, BATCH).await?;
-        let mut ready: BTreeMap<Window, Vec<PendingWindow>> = BTreeMap::new();
+        let pending = ledger::pending(pool, &settings.pipeline, &topology.name, BATCH).await?;
+        let mut ready: BTreeMap<(RowTable, String), Vec<PendingWindow>> = BTreeMap::new();
         let mut unknown = Vec::new();
-        report.waiting = 0;
         for p in pending.iter() {
-            let Some(window) = Window::from_label(&p.window) else {
+            let Some(window) = topology.window(&p.window) else {
                 unknown.push(p.clone());
                 continue;
             };
             let start = u64::try_from(p.start_ms).unwrap_or(0);
             // Closed in the acknowledged frontier: its final rows (time = close) are stored.
-            if start + window.millis() + settings.grace_ms < frontier {
-                ready.entry(window).or_default().push(p.clone());
+            if closes_at(topology, p.table, window, start, settings.grace_ms) < frontier {
+                ready
+                    .entry((p.table, window.name.clone()))
+                    .or_default()
+                    .push(p.clone());
             } else {
                 report.waiting += 1;
                 report.oldest_waiting_ms = report.oldest_waiting_ms.min(p.pending_since_ms);
@@ -126,33 +144,38 @@ pub async fn correct_pending(
         }
         if !unknown.is_empty() {
             tracing::warn!(
+                topology = topology.name,
                 windows = unknown.len(),
-                "ledger windows of kinds this build does not aggregate; cleared"
+                "ledger windows of kinds this topology no longer declares; cleared"
             );
-            ledger::settle(pool, &settings.pipeline, &settings.topology, &unknown).await?;
+            ledger::settle(pool, &settings.pipeline, &topology.name, &unknown).await?;
         }
         if ready.is_empty() {
-            return Ok(report);
+            return Ok(());
         }
         let m = Metrics::get();
-        for (window, windows) in ready {
-            let starts: Vec<u64> = windows
+        for ((table, name), windows) in ready {
+            let Some(window) = topology.window(&name) else {
+                continue;
+            };
+            let mut starts: Vec<u64> = windows
                 .iter()
                 .map(|w| u64::try_from(w.start_ms).unwrap_or(0))
                 .collect();
-            let set = WindowSet::of_starts(window.label(), window.millis(), starts);
-            let stats = recompute(clickhouse, &set, now_ns()).await?;
+            starts.sort_unstable();
+            starts.dedup();
+            let stats = recompute(clickhouse, topology, table, window, &starts, now_ns()).await?;
             report.statements += stats.statements;
             report.rows_written += stats.rows_written;
-            let cleared =
-                ledger::settle(pool, &settings.pipeline, &settings.topology, &windows).await?;
+            let cleared = ledger::settle(pool, &settings.pipeline, &topology.name, &windows).await?;
             report.corrected += cleared;
             report.remarked += windows.len() as u64 - cleared;
+            let label = metric_label(table, &name);
             m.corrected
-                .with_label_values(&[window.label()])
+                .with_label_values(&[label.as_str()])
                 .inc_by(windows.len() as u64);
             let now_ms = chrono::Utc::now().timestamp_millis();
-            let delay = m.correction_delay.with_label_values(&[window.label()]);
+            let delay = m.correction_delay.with_label_values(&[label.as_str()]);
             for w in &windows {
                 delay.observe((now_ms - w.pending_since_ms).max(0) as f64 / 1000.0);
             }
@@ -160,8 +183,17 @@ pub async fn correct_pending(
         // A full batch may hide more ready windows; windows marked again meanwhile queued a
         // job of their own.
         if pending.len() < usize::try_from(BATCH).unwrap_or(usize::MAX) {
-            return Ok(report);
+            return Ok(());
         }
+    }
+}
+
+/// The `window` label of the correction metrics: the window name, prefixed `sessions:` for
+/// session metrics.
+fn metric_label(table: RowTable, window: &str) -> String {
+    match table {
+        RowTable::Windows => window.to_owned(),
+        RowTable::Sessions => format!("sessions:{window}"),
     }
 }
 

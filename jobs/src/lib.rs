@@ -17,6 +17,7 @@
 mod correct;
 pub mod metrics;
 mod rebuild;
+pub mod recompute;
 mod retention;
 mod run;
 
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use graphile_worker::{JobKeyMode, JobSpec, WorkerOptions, WorkerUtils};
-use tally_operators::Window;
+use tally_core::Topology;
 use tally_sinks::clickhouse::ClickHouseConfig;
 use tally_sinks::postgres::ledger;
 use tally_sinks::SinkError;
@@ -44,10 +45,9 @@ pub struct JobSettings {
     pub clickhouse: ClickHouseConfig,
     /// Whose acknowledged frontier decides when a window can be corrected (`pipeline.name`).
     pub pipeline: String,
-    /// The topology the ledger's windows belong to.
-    pub topology: String,
-    /// The rollups' window kinds.
-    pub windows: Vec<Window>,
+    /// The topologies whose windows are corrected and rebuilt (tables resolved to their
+    /// current versions).
+    pub topologies: Vec<Topology>,
     /// The rollups' grace, ms (`pipeline.grace_ms`).
     pub grace_ms: u64,
     /// How often retention runs, s (`pipeline.retention_check_secs`).

@@ -4,10 +4,11 @@
 
 use graphile_worker::{IntoTaskHandlerResult, TaskHandler, WorkerContext};
 use serde::{Deserialize, Serialize};
-use tally_sinks::clickhouse::recompute::{recompute, WindowSet};
+use tally_core::{RowTable, Topology, WindowSpec};
 use tally_sinks::postgres::jobs as records;
 
 use crate::correct::now_ns;
+use crate::recompute::recompute;
 use crate::run::tracked;
 
 const DAY_MS: u64 = 86_400_000;
@@ -19,8 +20,8 @@ pub struct Rebuild {
     pub rebuild_id: i64,
 }
 
-/// `[from_ms, to_ms)` widened to whole UTC days, so every window kind (up to a day) is rebuilt
-/// whole. `None` when `to_ms <= from_ms`.
+/// `[from_ms, to_ms)` widened to whole UTC days: every window starting in a rebuilt day is
+/// rebuilt whole. `None` when `to_ms <= from_ms`.
 pub fn aligned_range(from_ms: u64, to_ms: u64) -> Option<(u64, u64)> {
     (to_ms > from_ms).then(|| (from_ms - from_ms % DAY_MS, to_ms.div_ceil(DAY_MS) * DAY_MS))
 }
@@ -36,38 +37,34 @@ impl TaskHandler for Rebuild {
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("rebuild {id} does not exist"))?;
-            let frontier: Option<i64> = sqlx::query_scalar(
-                "SELECT acked_frontier_ms FROM pipeline_frontiers WHERE pipeline = $1",
-            )
-            .bind(&s.pipeline)
-            .fetch_optional(&pool)
-            .await
-            .map_err(|e| e.to_string())?;
-            let frontier = u64::try_from(frontier.unwrap_or(0)).unwrap_or(0);
+            let frontier = tally_sinks::postgres::acked_frontier(&pool, &s.pipeline)
+                .await
+                .map_err(|e| e.to_string())?;
             let to = u64::try_from(record.to_ms).unwrap_or(0);
             let mut day = u64::try_from(record.done_until_ms).unwrap_or(0);
             let mut rows = record.rows_written;
             let mut skipped_open = 0u64;
             while day < to {
-                for &window in &s.windows {
-                    // Windows the pipeline has not closed yet are its own to write.
-                    let closed_until = frontier.saturating_sub(s.grace_ms);
-                    let end = (day + DAY_MS).min(closed_until - closed_until % window.millis());
-                    if end <= day {
-                        skipped_open += 1;
-                        continue;
+                for topology in &s.topologies {
+                    for table in [RowTable::Windows, RowTable::Sessions] {
+                        for window in &topology.windows {
+                            let starts =
+                                closed_starts(topology, table, window, day, frontier, s.grace_ms);
+                            let all = window_starts(window, day, day + DAY_MS).count();
+                            skipped_open += (all - starts.len()) as u64;
+                            let stats = recompute(
+                                &job.clickhouse.0,
+                                topology,
+                                table,
+                                window,
+                                &starts,
+                                now_ns(),
+                            )
+                            .await
+                            .map_err(|e| e.to_string())?;
+                            rows += i64::try_from(stats.rows_written).unwrap_or(i64::MAX);
+                        }
                     }
-                    let range = WindowSet {
-                        window: window.label().to_owned(),
-                        size_ms: window.millis(),
-                        from_ms: day,
-                        to_ms: end,
-                        starts: Vec::new(),
-                    };
-                    let stats = recompute(&job.clickhouse.0, &range, now_ns())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    rows += i64::try_from(stats.rows_written).unwrap_or(i64::MAX);
                 }
                 day += DAY_MS;
                 let done = i64::try_from(day).unwrap_or(i64::MAX);
@@ -89,6 +86,31 @@ impl TaskHandler for Rebuild {
     }
 }
 
+/// Starts of the windows of `window` starting in `[from_ms, to_ms)`.
+fn window_starts(window: &WindowSpec, from_ms: u64, to_ms: u64) -> impl Iterator<Item = u64> + '_ {
+    let first = from_ms.div_ceil(window.slide_ms) * window.slide_ms;
+    (first..to_ms).step_by(usize::try_from(window.slide_ms).unwrap_or(usize::MAX))
+}
+
+/// The windows of `window` starting in the day `day_ms` that the pipeline has written final
+/// (the others are its own to write).
+fn closed_starts(
+    topology: &Topology,
+    table: RowTable,
+    window: &WindowSpec,
+    day_ms: u64,
+    frontier: u64,
+    grace_ms: u64,
+) -> Vec<u64> {
+    let delay = match (table, topology.sessions) {
+        (RowTable::Sessions, Some(s)) => s.window_delay_ms(grace_ms),
+        _ => grace_ms,
+    };
+    window_starts(window, day_ms, day_ms + DAY_MS)
+        .filter(|s| s + window.size_ms + delay < frontier)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +121,23 @@ mod tests {
         assert_eq!(aligned_range(d + 5, 2 * d + 1), Some((d, 3 * d)));
         assert_eq!(aligned_range(d, 2 * d), Some((d, 2 * d)));
         assert_eq!(aligned_range(5, 5), None);
+    }
+
+    #[test]
+    fn a_day_has_every_start_of_the_slide() {
+        let hop = WindowSpec::hopping("1h_15m", 3_600_000, 900_000);
+        assert_eq!(window_starts(&hop, DAY_MS, 2 * DAY_MS).count(), 96);
+        let day = WindowSpec::tumbling("1d", DAY_MS);
+        assert_eq!(window_starts(&day, DAY_MS, 2 * DAY_MS).collect::<Vec<_>>(), vec![DAY_MS]);
+        let t = Topology::builder("t")
+            .window(hop.clone())
+            .metric(tally_core::Metric::Events)
+            .build()
+            .expect("valid");
+        // With the frontier at 06:00 + 1 ms and no grace, the windows ending by 06:00 are done:
+        // starts 00:00 .. 05:00, i.e. 21 of them.
+        let frontier = DAY_MS + 6 * 3_600_000 + 1;
+        let done = closed_starts(&t, RowTable::Windows, &hop, DAY_MS, frontier, 0);
+        assert_eq!(done.len(), 21);
     }
 }

@@ -21,8 +21,6 @@ mod watermark;
 
 pub use config::{PipelineConfig, RetentionGapPolicy};
 
-/// The window kinds the pipeline's rollups aggregate (and the jobs correct).
-pub const WINDOWS: [tally_operators::Window; 3] = tally_operators::Window::ALL;
 pub use error::{ExitClass, PipelineError};
 pub use health::{Health, HealthSnapshot, PipelineState};
 pub use offsets::PendingOffsets;

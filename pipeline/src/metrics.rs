@@ -127,8 +127,9 @@ impl Metrics {
             ),
             late: counter_vec(
                 LATE,
-                "Events that arrived after their window closed (corrected from raw events), by window.",
-                &["window"],
+                "Events that arrived after their window closed (corrected from raw events), by \
+                 topology and window (`sessions` for the session metrics).",
+                &["topology", "window"],
             ),
             duplicates: counter(
                 DUPLICATES,

@@ -84,12 +84,12 @@ mod tests {
 
     #[test]
     fn a_first_copy_stays_owed_until_its_dedup_horizon() {
-        use tally_operators::{settled_after, Window};
-        let (windows, grace) = (Window::ALL, 5_000);
+        use tally_operators::settled_after;
+        let (topologies, grace) = ([tally_topologies::product_analytics()], 5_000);
         // 2024-03-13T23:59:59Z, read with the watermark 5 s behind.
         let ts = 1_710_374_399_000;
-        let day_close = Window::Day.close_time(ts, grace);
-        let horizon = settled_after(&windows, ts, ts - 5_000, grace);
+        let day_close = 1_710_374_400_000 + grace;
+        let horizon = settled_after(&topologies, ts, ts - 5_000, grace);
         // 2024-03-14T00:00:00Z (end of its hour) + 1 day + grace.
         assert_eq!(horizon, 1_710_374_400_000 + 86_400_000 + grace);
         let mut p = PendingOffsets::default();

@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use std::{cell::Cell, cell::RefCell, rc::Rc};
 
-use tally_operators::{OperatorCounters, RollupSpec, Window};
+use std::collections::HashMap;
+
+use tally_core::Topology;
+use tally_operators::OperatorCounters;
 use tally_sinks::clickhouse::{ClickHouseConfig, ClickHouseWriter};
 use tally_sinks::postgres::{PostgresConfig, Progress};
 use timely::container::CapacityContainerBuilder;
@@ -40,6 +43,10 @@ pub struct PipelineSettings {
     pub postgres: PostgresConfig,
     /// `[pipeline]`.
     pub pipeline: PipelineConfig,
+    /// The topologies to run (from `[topologies]`), their tables resolved to the current
+    /// versions (`tally_sinks::clickhouse::topology_schema::current_tables`). All run in one
+    /// dataflow over one Kafka read and one dedup.
+    pub topologies: Vec<Topology>,
 }
 
 /// State every worker shares.
@@ -64,8 +71,9 @@ struct Shared {
     drained_at: Mutex<Vec<u64>>,
     /// Rows each worker's sink holds (buffered or in flight).
     backlogs: Vec<Arc<AtomicUsize>>,
-    /// Operator counts already added to the Prometheus counters (late per window, duplicates).
-    exported: Mutex<([u64; 3], u64)>,
+    /// Operator counts already added to the Prometheus counters (late per topology and window,
+    /// duplicates).
+    exported: Mutex<(HashMap<(String, String), u64>, u64)>,
 }
 
 impl Shared {
@@ -140,7 +148,7 @@ fn run_workers(
         backlogs: (0..workers)
             .map(|_| Arc::new(AtomicUsize::new(0)))
             .collect(),
-        exported: Mutex::new(([0; 3], 0)),
+        exported: Mutex::new((HashMap::new(), 0)),
     });
     let (stop_lag, lag_stopped) = std::sync::mpsc::channel::<()>();
     let lag = spawn_lag_exporter(Arc::clone(&shared), lag_stopped);
@@ -241,10 +249,11 @@ struct Dataflow {
 }
 
 impl Dataflow {
-    /// Builds source → dedup → (raw rows, rollups) → ClickHouse sink → probe.
+    /// Builds source → dedup → every topology (raw rows, rollups) → ClickHouse sink → probe.
     fn build(
         worker: &mut Worker,
-        spec: &RollupSpec,
+        topologies: &[Topology],
+        grace_ms: u64,
         counters: &OperatorCounters,
         sink: SinkContext,
     ) -> Self {
@@ -263,8 +272,13 @@ impl Dataflow {
                 let row = r.event.row(r.ingested, r.partition, r.offset);
                 (r.event.observation(r.replayed), (row, r.replayed))
             });
-            let out =
-                tally_topologies::product_analytics(reads, ticks.to_stream(scope), spec, counters);
+            let out = tally_topologies::build(
+                reads,
+                ticks.to_stream(scope),
+                topologies,
+                grace_ms,
+                counters,
+            );
             let raw = out
                 .kept
                 .map(|(row, replayed)| SinkRecord::Event(row, replayed));
@@ -333,11 +347,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
     let watermarks = Watermarks::new(&mine, p.max_out_of_orderness_ms, p.idle_timeout_ms, 0)
         .max_clock_skew(p.max_clock_skew_ms);
     let source = KafkaSource::open(&s.kafka, &mine, &shared.progress, watermarks)?;
-    let spec = RollupSpec {
-        windows: crate::WINDOWS.to_vec(),
-        grace_ms: p.grace_ms,
-        per_event_type: true,
-    };
+    let topologies = &s.topologies;
     let ctx = SinkContext {
         writer: ClickHouseWriter::new(&s.clickhouse),
         runtime: shared.runtime.clone(),
@@ -350,12 +360,17 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
         ledger: LateLedger {
             pool: shared.pool.clone(),
             pipeline: p.name.clone(),
-            topology: tally_sinks::postgres::ledger::DEFAULT_TOPOLOGY.to_owned(),
-            windows: spec.windows.clone(),
             grace_ms: p.grace_ms,
         },
+        tables: Rc::new(crate::sink::Tables::of(topologies)),
     };
-    let mut df = Dataflow::build(worker, &spec, &shared.counters, ctx.clone());
+    let mut df = Dataflow::build(
+        worker,
+        topologies,
+        p.grace_ms,
+        &shared.counters,
+        ctx.clone(),
+    );
     // Resume one tick before the saved frontier: windows closing exactly at it are not yet
     // acknowledged as final, so they must still be open.
     df.advance_to(
@@ -378,7 +393,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), PipelineError>
         ctx,
         saver,
         windowing: Windowing {
-            windows: &spec.windows,
+            topologies,
             grace_ms: p.grace_ms,
             retention_days: s.clickhouse.retention_days,
         },
@@ -557,12 +572,12 @@ fn export_metrics(shared: &Shared) {
     let c = &shared.counters;
     if let Ok(mut exported) = shared.exported.lock() {
         let (late, duplicates) = &mut *exported;
-        for w in Window::ALL {
-            let now = c.late(w);
+        for ((topology, window), now) in c.late_counts() {
+            let before = late.entry((topology.clone(), window.clone())).or_insert(0);
             m.late
-                .with_label_values(&[w.label()])
-                .inc_by(now - late[w.index()]);
-            late[w.index()] = now;
+                .with_label_values(&[topology.as_str(), window.as_str()])
+                .inc_by(now.saturating_sub(*before));
+            *before = now;
         }
         m.duplicates.inc_by(c.duplicates() - *duplicates);
         *duplicates = c.duplicates();

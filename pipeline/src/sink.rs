@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_operators::{late_windows, RollupRow, Window};
-use tally_sinks::clickhouse::{ClickHouseWriter, EventRow, RollupRecord};
+use tally_core::{Column, RollupRow, RowTable, Topology};
+use tally_operators::late_windows;
+use tally_sinks::clickhouse::{ClickHouseWriter, EventRow};
 use tally_sinks::postgres::ledger::{self, LateMark};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -62,20 +63,99 @@ pub struct SinkContext {
     pub activator: Rc<RefCell<Option<Activator>>>,
     /// Where late events are marked for correction.
     pub ledger: LateLedger,
+    /// The topologies and their tables.
+    pub tables: Rc<Tables>,
 }
 
-/// The late-event ledger as the sink writes it: which windows the rollups aggregate, their
-/// grace, and the PostgreSQL pool (see `tally_sinks::postgres::ledger`).
+/// One rollup table of a topology as the sink writes it.
+#[derive(Clone, Debug)]
+pub struct Table {
+    /// Its current name (see `Topology::table_name`).
+    pub name: String,
+    /// Its metric columns, in the order of `RollupRow::values`.
+    pub columns: Vec<Column>,
+}
+
+/// The topologies the sink writes for, with their tables.
+#[derive(Clone, Debug)]
+pub struct Tables(Vec<(Topology, Option<Table>, Option<Table>)>);
+
+impl Tables {
+    /// The tables of `topologies` (a table without columns is not written).
+    pub fn of(topologies: &[Topology]) -> Tables {
+        let table = |t: &Topology, kind| {
+            let columns = t.columns(kind);
+            (!columns.is_empty()).then(|| Table {
+                name: t.table_name(kind),
+                columns,
+            })
+        };
+        Tables(
+            topologies
+                .iter()
+                .map(|t| {
+                    (
+                        t.clone(),
+                        table(t, RowTable::Windows),
+                        table(t, RowTable::Sessions),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// The table `row` goes to.
+    fn table(&self, topology: &str, kind: RowTable) -> Option<&Table> {
+        let (_, windows, sessions) = self.0.iter().find(|(t, ..)| t.name == topology)?;
+        match kind {
+            RowTable::Windows => windows.as_ref(),
+            RowTable::Sessions => sessions.as_ref(),
+        }
+    }
+
+    /// Every window of every topology that an event at `ts_ms` (type `event_type`, metadata
+    /// as JSON text) read at `read_time` is late for: `(topology, table, window, start)`.
+    /// Topologies whose filters reject the event are skipped (the metadata is parsed only
+    /// when a filter needs it).
+    fn late_windows(
+        &self,
+        row: &EventRow,
+        read_time: u64,
+        grace_ms: u64,
+    ) -> Vec<(String, RowTable, String, u64)> {
+        let ts_ms = u64::try_from(row.timestamp_ms).unwrap_or(0);
+        let mut out = Vec::new();
+        let mut metadata: Option<serde_json::Map<String, serde_json::Value>> = None;
+        for (t, ..) in &self.0 {
+            let late = late_windows(t, ts_ms, read_time, grace_ms);
+            if late.is_empty() {
+                continue;
+            }
+            if !t.filters.is_empty() {
+                let meta = metadata.get_or_insert_with(|| {
+                    serde_json::from_str(&row.metadata).unwrap_or_default()
+                });
+                if !t.accepts(&row.event_type, meta) {
+                    continue;
+                }
+            }
+            out.extend(
+                late.into_iter()
+                    .map(|(table, window, start)| (t.name.clone(), table, window, start)),
+            );
+        }
+        out
+    }
+}
+
+/// The late-event ledger as the sink writes it: the rollups' grace and the PostgreSQL pool
+/// (see `tally_sinks::postgres::ledger`).
 #[derive(Clone)]
 pub struct LateLedger {
     /// PostgreSQL.
     pub pool: sqlx::PgPool,
     /// The pipeline's name (the ledger and its jobs are per pipeline).
     pub pipeline: String,
-    /// The topology the windows belong to.
-    pub topology: String,
-    /// The rollups' window kinds.
-    pub windows: Vec<Window>,
     /// The rollups' grace, ms.
     pub grace_ms: u64,
 }
@@ -85,11 +165,16 @@ struct Batch {
     cap: Option<Capability<u64>>,
     started: Option<Instant>,
     events: Vec<EventRow>,
-    rollups: HashMap<(u8, u64, Option<String>), RollupRecord>,
-    /// Late events per closed window: (window, start ms) -> events (replays not counted).
-    late: BTreeMap<(Window, u64), i64>,
+    /// The newest row per key, with its version.
+    rollups: HashMap<RowKey, (RollupRow, u64)>,
+    /// Late events per closed window: (topology, table, window, start ms) -> events (replays
+    /// not counted).
+    late: BTreeMap<(String, RowTable, String, u64), i64>,
     last_version: u64,
 }
+
+/// (topology, table, window, start ms, dimension, value): one rollup aggregate.
+type RowKey = (Arc<str>, RowTable, Arc<str>, u64, Arc<str>, String);
 
 impl Batch {
     fn len(&self) -> usize {
@@ -100,22 +185,15 @@ impl Batch {
         // Versions come from the wall clock so they keep increasing across restarts.
         let now = u64::try_from(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)).unwrap_or(0);
         self.last_version = now.max(self.last_version + 1);
-        let key = row.key;
-        let record = RollupRecord {
-            granularity: key.window.label().to_owned(),
-            window_start: u32::try_from(key.start_ms / 1000).unwrap_or(u32::MAX),
-            event_type: key.event_type.clone().unwrap_or_default(),
-            events: row.events,
-            unique_users: row.unique_users,
-            unique_sessions: row.unique_sessions,
-            unique_event_types: row.unique_event_types,
-            is_final: u8::from(row.is_final),
-            version: self.last_version,
-        };
-        self.rollups.insert(
-            (key.window.index() as u8, key.start_ms, key.event_type),
-            record,
+        let key = (
+            Arc::clone(&row.topology),
+            row.table,
+            Arc::clone(&row.window),
+            row.start_ms,
+            Arc::clone(&row.dimension),
+            row.value.clone(),
         );
+        self.rollups.insert(key, (row, self.last_version));
     }
 }
 
@@ -149,10 +227,7 @@ pub fn clickhouse_sink<'scope>(
                     for record in data.drain(..) {
                         match record {
                             SinkRecord::Event(e, replayed) => {
-                                let ts_ms = u64::try_from(e.timestamp_ms).unwrap_or(0);
-                                for key in
-                                    late_windows(&late.windows, ts_ms, read_time, late.grace_ms)
-                                {
+                                for key in ctx.tables.late_windows(&e, read_time, late.grace_ms) {
                                     *batch.late.entry(key).or_default() += i64::from(!replayed);
                                 }
                                 batch.events.push(e);
@@ -206,35 +281,47 @@ fn spawn_write(
         late,
         ..
     } = batch;
-    let marks: Vec<LateMark> = late
-        .into_iter()
-        .map(|((window, start_ms), late_events)| LateMark {
-            window: window.label().to_owned(),
+    let mut marks: BTreeMap<String, Vec<LateMark>> = BTreeMap::new();
+    for ((topology, table, window, start_ms), late_events) in late {
+        marks.entry(topology).or_default().push(LateMark {
+            table,
+            window,
             start_ms: i64::try_from(start_ms).unwrap_or(i64::MAX),
             late_events,
-        })
-        .collect();
+        });
+    }
     let ledger = ctx.ledger.clone();
     let rows = events.len() + rollups.len();
+    // One insert per table.
+    let mut by_table: BTreeMap<String, (Vec<Column>, Vec<(RollupRow, u64)>)> = BTreeMap::new();
+    for (row, version) in rollups.into_values() {
+        if let Some(table) = ctx.tables.table(&row.topology, row.table) {
+            by_table
+                .entry(table.name.clone())
+                .or_insert_with(|| (table.columns.clone(), Vec::new()))
+                .1
+                .push((row, version));
+        }
+    }
     let status = Arc::new(AtomicU8::new(PENDING));
     let (writer, failure, done) = (
         ctx.writer.clone(),
         Arc::clone(&ctx.failure),
         Arc::clone(&status),
     );
-    let rollups: Vec<RollupRecord> = rollups.into_values().collect();
     ctx.runtime.spawn(async move {
         let result = async {
             if !events.is_empty() {
                 timed("events", events.len(), writer.write_events(&events)).await?;
             }
-            if !rollups.is_empty() {
-                timed("rollups", rollups.len(), writer.write_rollups(&rollups)).await?;
+            for (table, (columns, rows)) in &by_table {
+                let insert = writer.write_rollup_rows(table, columns, rows);
+                timed("rollups", rows.len(), insert).await?;
             }
             // After the raw rows are stored, before the batch counts as acknowledged: no offset
             // is committed past a late event whose window is not marked for correction.
-            if !marks.is_empty() {
-                mark_late(&ledger, &marks).await?;
+            for (topology, marks) in &marks {
+                mark_late(&ledger, topology, marks).await?;
             }
             Ok::<(), tally_sinks::SinkError>(())
         }
@@ -260,10 +347,14 @@ fn spawn_write(
 /// Records late windows in the ledger, retrying while PostgreSQL is unavailable (100 ms doubling
 /// to 5 s, without limit: meanwhile the batch stays unacknowledged, so progress is not saved past
 /// it and the source pauses once the backlog is full). Other errors are returned.
-async fn mark_late(ledger: &LateLedger, marks: &[LateMark]) -> Result<(), tally_sinks::SinkError> {
+async fn mark_late(
+    ledger: &LateLedger,
+    topology: &str,
+    marks: &[LateMark],
+) -> Result<(), tally_sinks::SinkError> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match ledger::mark_late(&ledger.pool, &ledger.pipeline, &ledger.topology, marks).await {
+        match ledger::mark_late(&ledger.pool, &ledger.pipeline, topology, marks).await {
             Ok(()) => {
                 let m = Metrics::get();
                 m.late_windows_marked.inc_by(marks.len() as u64);

@@ -37,8 +37,9 @@ pub struct Read {
 
 /// What decides an event's settle time (see `tally_operators::settled_after`).
 pub struct Windowing<'a> {
-    /// Window kinds the rollups keep.
-    pub windows: &'a [tally_operators::Window],
+    /// The topologies the pipeline runs (their windows and sessions decide how long an event
+    /// is owed).
+    pub topologies: &'a [tally_core::Topology],
     /// Grace period.
     pub grace_ms: u64,
     /// Retention, days (older events are dead-lettered).
@@ -160,7 +161,7 @@ impl KafkaSource {
             self.next_offsets.insert(p, o + 1);
             match parse(&self.config.topic, &msg, w.retention_days) {
                 Ok(event) => {
-                    let settle = settled_after(w.windows, event.ts_ms, read_time, w.grace_ms);
+                    let settle = settled_after(w.topologies, event.ts_ms, read_time, w.grace_ms);
                     self.owed.read(p, o, Some(settle));
                     let arrival = arrival_ms(&msg);
                     self.watermarks.observe(p, event.ts_ms, arrival, now_ms);

@@ -110,12 +110,19 @@ pub async fn wait_until_settled(
         i64::try_from(max_ts_ms).unwrap_or(i64::MAX),
     );
     let mut quiet = 0;
+    let mut owed_sessions = 0;
     while quiet < 2 {
         if !check("windows wait for their correction")? {
             return Ok(false);
         }
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM late_windows WHERE pipeline = $1 AND pending_since IS NOT NULL
+        // Session metrics of windows whose sessions may still change are the pipeline's to
+        // write, and corrected only once they close (a day and an hour after the window with
+        // the default sessions): `--wait` waits for the window metrics' corrections, and says
+        // how many session windows are still owed one.
+        let (pending, sessions_owed): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE table_kind <> 'sessions'),
+                    count(*) FILTER (WHERE table_kind = 'sessions')
+             FROM late_windows WHERE pipeline = $1 AND pending_since IS NOT NULL
                AND window_start_ms >= $2 AND window_start_ms <= $3",
         )
         .bind(pipeline)
@@ -123,6 +130,7 @@ pub async fn wait_until_settled(
         .bind(to)
         .fetch_one(&pool)
         .await?;
+        owed_sessions = sessions_owed;
         let jobs = tally_sinks::postgres::jobs::queued(&pool, pipeline).await?;
         if let Some(failed) = jobs
             .iter()
@@ -151,6 +159,12 @@ pub async fn wait_until_settled(
         "settled: the reports for the imported range are exact ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
+    if owed_sessions > 0 {
+        eprintln!(
+            "  {owed_sessions} session-metric windows get their correction once their sessions \
+             close (see `tally jobs --late`)"
+        );
+    }
     Ok(true)
 }
 

@@ -6,13 +6,14 @@
 mod client;
 mod config;
 pub mod recompute;
+pub mod rollup_rows;
 mod rows;
 mod schema;
 mod writer;
 
 pub use client::{connect, ttl_probe_sql, Features};
 pub use config::ClickHouseConfig;
-pub use rows::{EventRow, RollupRecord};
+pub use rows::EventRow;
 pub use schema::{
     bootstrap_sql, drop_expired_partitions, migrate, migrations_sql, pending_migrations,
     MigrationReport, LIST_PARTITIONS_SQL,

@@ -1,229 +1,163 @@
-//! Corrections: recomputing rollup rows from the raw `events`, for late events and rebuilds.
+//! Corrections and rebuilds, the ClickHouse side: reading the raw events a recompute needs,
+//! the groups a window already has stored, and the newest stored version.
 //!
-//! One recompute covers up to [`WINDOWS_PER_STATEMENT`] dirty windows of one kind (or a whole
-//! time span, for rebuilds) with two `INSERT ... SELECT` statements (the per-event-type rows and
-//! the all-events row, `event_type = ''`), filtered by the span and a set test on the window
-//! index: six months of scattered late events cost a handful of statements, not a query per
-//! window. Each event id counts once, as in
-//! `api::queries::summary`: the copy with the smallest (Kafka partition, offset), which is the
-//! copy the pipeline kept. The rows are written final, with a version above every version
-//! already stored for those windows, so readers (`argMax(value, version)`) see them at once and
-//! `ReplacingMergeTree(version)` keeps them. Runs on ClickHouse 18.16 and current releases.
+//! The values themselves are computed in Rust by the same accumulators and sessionizer the
+//! dataflow uses (`tally_operators::aggregate::window_rows`, `tally_operators::session_rows`),
+//! so a corrected row and a live row can only differ by the events they saw. ClickHouse's part
+//! is selecting the events: the raw events whose time falls in a set of *blocks* (fixed-length
+//! time slices, `intDiv(toUInt32(timestamp), block_s) IN (…)`, a set test, fast on 18.16 where
+//! a long `OR` of ranges is not), each event id once: the copy with the smallest (Kafka
+//! partition, offset), which is the copy the pipeline kept (as `api::queries::summary` counts).
+//! Runs on ClickHouse 18.16 and current releases.
 
 use clickhouse::Client;
 use serde::Deserialize;
 
 use crate::SinkError;
 
-/// Windows of one kind to recompute: all windows starting in `[from_ms, to_ms)`, or only those
-/// starting at `starts` when given (the dirty windows of a correction).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WindowSet {
-    /// Window name as stored (`1m`, `1h`, `1d`).
-    pub window: String,
-    /// Window length, ms (a whole number of seconds).
-    pub size_ms: u64,
-    /// Every window in `[from_ms, to_ms)` (bounds multiples of `size_ms`), when `starts` is
-    /// empty.
-    pub from_ms: u64,
-    /// See `from_ms`.
-    pub to_ms: u64,
-    /// Window starts (ms, sorted); when not empty, only these windows are recomputed.
-    pub starts: Vec<u64>,
+/// Blocks listed per statement (about 11 bytes each in the query; ClickHouse's default
+/// `max_query_size` is 256 KiB, 18.16 included).
+pub const BLOCKS_PER_STATEMENT: usize = 5_000;
+
+/// One raw event as a recompute reads it (the first copy of its id).
+#[derive(Clone, Debug, PartialEq, Eq, clickhouse::Row, Deserialize)]
+pub struct RawEvent {
+    /// Event type.
+    pub event_type: String,
+    /// User id.
+    pub user_id: String,
+    /// Client session id, empty when none.
+    pub session_id: String,
+    /// Event time, ms since the epoch.
+    pub timestamp_ms: i64,
+    /// Metadata as JSON text (`{}` when not asked for).
+    pub metadata: String,
 }
 
-impl WindowSet {
-    /// The dirty windows `starts` (sorted, ms) of one kind.
-    pub fn of_starts(window: &str, size_ms: u64, starts: Vec<u64>) -> WindowSet {
-        let from_ms = starts.first().copied().unwrap_or(0);
-        let to_ms = starts.last().map_or(0, |s| s + size_ms);
-        WindowSet {
-            window: window.to_owned(),
-            size_ms,
-            from_ms,
-            to_ms,
-            starts,
-        }
-    }
-}
-
-/// What one recompute did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RecomputeStats {
-    /// Rollup rows written.
-    pub rows_written: u64,
-    /// `INSERT … SELECT` statements run (each reads the raw events of its time span once).
-    pub statements: u64,
-}
-
-#[derive(clickhouse::Row, Deserialize)]
-struct Count {
-    n: u64,
-}
-
-/// Windows per statement when they are listed (about 11 bytes each in the query; ClickHouse's
-/// default `max_query_size` is 256 KiB, 18.16 included).
-pub const WINDOWS_PER_STATEMENT: usize = 5_000;
-
-/// The `SELECT` of a recompute: one row per window (and event type when `per_type`) of the
-/// raw events with a timestamp in `[from_s, to_s)` and, when `windows` is not empty, in one of
-/// those windows (window index = start / size), columns in the order of `rollups`. Integers are
-/// written into the statement (a set test `IN (…)`, fast on 18.16, where a long `OR` of ranges
-/// is not). Bind: window name, version.
-pub fn recompute_select_sql(
-    size_s: u64,
-    per_type: bool,
-    from_s: u64,
-    to_s: u64,
-    windows: &[u64],
-) -> String {
-    let (type_col, group, types) = if per_type {
-        ("t", "ws, t", "1")
+/// The `SELECT` reading the first copy of every event whose time is in one of `blocks`
+/// (block index = seconds / `block_s`), within `[from_s, to_s)`. `with_metadata` = false reads
+/// `'{}'` instead of the metadata (cheaper when the topology does not look at it).
+pub fn events_sql(block_s: u64, blocks: &[u64], with_metadata: bool) -> String {
+    let list: Vec<String> = blocks.iter().map(u64::to_string).collect();
+    let (from_s, to_s) = (
+        blocks.first().map_or(0, |b| b * block_s),
+        blocks.last().map_or(0, |b| (b + 1) * block_s),
+    );
+    let metadata = if with_metadata {
+        "argMin(metadata, (kafka_partition, kafka_offset))"
     } else {
-        ("''", "ws", "uniqExact(t)")
-    };
-    let only = if windows.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<String> = windows.iter().map(u64::to_string).collect();
-        format!(
-            " AND intDiv(toUInt32(timestamp), {size_s}) IN ({})",
-            list.join(",")
-        )
+        "'{}'"
     };
     format!(
-        "SELECT ? AS granularity, toDateTime(intDiv(toUInt32(ts), {size_s}) * {size_s}) AS ws,
-                {type_col} AS event_type, count() AS events, uniqExact(u) AS unique_users,
-                uniqExactIf(s, s != '') AS unique_sessions, {types} AS unique_event_types,
-                1 AS is_final, ? AS version
-         FROM (
-             SELECT argMin(event_type, (kafka_partition, kafka_offset)) AS t,
-                    argMin(user_id, (kafka_partition, kafka_offset)) AS u,
-                    argMin(session_id, (kafka_partition, kafka_offset)) AS s,
-                    argMin(timestamp, (kafka_partition, kafka_offset)) AS ts
-             FROM events
-             WHERE timestamp >= toDateTime({from_s}) AND timestamp < toDateTime({to_s}){only}
-             GROUP BY event_id
-         )
-         GROUP BY {group}"
+        "SELECT argMin(event_type, (kafka_partition, kafka_offset)) AS event_type,
+                argMin(user_id, (kafka_partition, kafka_offset)) AS user_id,
+                argMin(session_id, (kafka_partition, kafka_offset)) AS session_id,
+                argMin(timestamp_ms, (kafka_partition, kafka_offset)) AS timestamp_ms,
+                {metadata} AS metadata
+         FROM events
+         WHERE timestamp >= toDateTime({from_s}) AND timestamp < toDateTime({to_s})
+           AND intDiv(toUInt32(timestamp), {block_s}) IN ({})
+         GROUP BY event_id",
+        list.join(",")
     )
 }
 
-/// Recomputes the windows of `set` from the raw events and writes the rows (see the module
-/// docs), [`WINDOWS_PER_STATEMENT`] listed windows per statement. `now_version` is the caller's
-/// clock in ns; the version written is above it and above every stored version of the span.
-/// Windows without events get no row (none was written for them either: events are only ever
-/// added).
+/// Reads the first copy of every event in `blocks` (sorted block indexes of `block_s`
+/// seconds), [`BLOCKS_PER_STATEMENT`] blocks per statement.
 ///
-/// Errors: [`SinkError::ClickHouse`] (the whole set can be retried: a rewrite writes the same
-/// values with a newer version).
-pub async fn recompute(
+/// Errors: [`SinkError::ClickHouse`].
+pub async fn fetch_events(
     client: &Client,
-    set: &WindowSet,
-    now_version: u64,
-) -> Result<RecomputeStats, SinkError> {
-    let size_s = (set.size_ms / 1000).max(1);
-    let mut stats = RecomputeStats::default();
-    if set.starts.is_empty() {
-        let span = (set.from_ms / 1000, set.to_ms.div_ceil(1000));
-        recompute_span(
-            client,
-            &set.window,
-            size_s,
-            span,
-            &[],
-            now_version,
-            &mut stats,
-        )
-        .await?;
-    } else {
-        for chunk in set.starts.chunks(WINDOWS_PER_STATEMENT) {
-            let (Some(&first), Some(&last)) = (chunk.first(), chunk.last()) else {
-                continue;
-            };
-            let span = (first / 1000, (last + set.size_ms).div_ceil(1000));
-            let indexes: Vec<u64> = chunk.iter().map(|s| s / set.size_ms).collect();
-            recompute_span(
-                client,
-                &set.window,
-                size_s,
-                span,
-                &indexes,
-                now_version,
-                &mut stats,
-            )
-            .await?;
-        }
+    block_s: u64,
+    blocks: &[u64],
+    with_metadata: bool,
+) -> Result<Vec<RawEvent>, SinkError> {
+    let mut out = Vec::new();
+    for chunk in blocks.chunks(BLOCKS_PER_STATEMENT) {
+        let rows: Vec<RawEvent> = client
+            .query(&events_sql(block_s.max(1), chunk, with_metadata))
+            .fetch_all()
+            .await
+            .map_err(|e| SinkError::clickhouse("reading raw events for a recompute", e))?;
+        out.extend(rows);
     }
-    Ok(stats)
+    Ok(out)
 }
 
-async fn recompute_span(
+#[derive(clickhouse::Row, Deserialize)]
+struct GroupRow {
+    ws: u32,
+    dimension: String,
+    value: String,
+}
+
+/// The groups `(window start ms, dimension, value)` stored in `table` for windows named
+/// `window` starting at one of `starts_ms` (a recompute writes zeros to those it no longer
+/// finds, so no stale group survives).
+///
+/// Errors: [`SinkError::ClickHouse`].
+pub async fn stored_groups(
     client: &Client,
+    table: &str,
     window: &str,
-    size_s: u64,
-    (from_s, to_s): (u64, u64),
-    indexes: &[u64],
-    now_version: u64,
-    stats: &mut RecomputeStats,
-) -> Result<(), SinkError> {
-    let ctx = |what: &'static str| move |e| SinkError::clickhouse(what, e);
-    let stored: u64 = client
-        .query(
-            "SELECT max(version) FROM rollups
-             WHERE granularity = ? AND window_start >= toDateTime(?) AND window_start < toDateTime(?)",
-        )
-        .bind(window)
-        .bind(from_s)
-        .bind(to_s)
-        .fetch_one()
-        .await
-        .map_err(ctx("reading rollup versions"))?;
-    let version = now_version.max(stored + 1);
-    for per_type in [true, false] {
-        let select = recompute_select_sql(size_s, per_type, from_s, to_s, indexes);
-        client
-            .query(&format!(
-                "INSERT INTO rollups (granularity, window_start, event_type, events, unique_users,
-                     unique_sessions, unique_event_types, is_final, version) {select}"
-            ))
+    starts_ms: &[u64],
+) -> Result<Vec<(u64, String, String)>, SinkError> {
+    let mut out = Vec::new();
+    for chunk in starts_ms.chunks(BLOCKS_PER_STATEMENT) {
+        let list: Vec<String> = chunk.iter().map(|s| (s / 1000).to_string()).collect();
+        let sql = format!(
+            "SELECT DISTINCT toUInt32(window_start) AS ws, dimension, value FROM {table}
+             WHERE window_name = ? AND toUInt32(window_start) IN ({})",
+            list.join(",")
+        );
+        let rows: Vec<GroupRow> = client
+            .query(&sql)
             .bind(window)
-            .bind(version)
-            .execute()
+            .fetch_all()
             .await
-            .map_err(ctx("recomputing rollups"))?;
-        stats.statements += 1;
+            .map_err(|e| SinkError::clickhouse("reading stored groups", e))?;
+        out.extend(
+            rows.into_iter()
+                .map(|r| (u64::from(r.ws) * 1000, r.dimension, r.value)),
+        );
     }
-    // What was written: the rows of this version (a scan of rollups, not of events).
-    let written: Count = client
-        .query(
-            "SELECT count() AS n FROM rollups
-             WHERE granularity = ? AND window_start >= toDateTime(?) AND window_start < toDateTime(?)
-               AND version = ?",
-        )
+    Ok(out)
+}
+
+/// The newest version stored in `table` for windows named `window` starting in
+/// `[from_ms, to_ms)` (0 when none).
+///
+/// Errors: [`SinkError::ClickHouse`].
+pub async fn max_version(
+    client: &Client,
+    table: &str,
+    window: &str,
+    from_ms: u64,
+    to_ms: u64,
+) -> Result<u64, SinkError> {
+    client
+        .query(&format!(
+            "SELECT max(version) FROM {table}
+             WHERE window_name = ? AND window_start >= toDateTime(?) AND window_start < toDateTime(?)"
+        ))
         .bind(window)
-        .bind(from_s)
-        .bind(to_s)
-        .bind(version)
+        .bind(from_ms / 1000)
+        .bind(to_ms.div_ceil(1000))
         .fetch_one()
         .await
-        .map_err(ctx("counting recomputed rows"))?;
-    stats.rows_written += written.n;
-    Ok(())
+        .map_err(|e| SinkError::clickhouse("reading rollup versions", e))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::recompute_select_sql;
+    use super::events_sql;
 
     #[test]
-    fn listed_windows_are_a_set_test_within_their_span() {
-        let sql = recompute_select_sql(60, true, 600, 1_800, &[10, 29]);
+    fn blocks_are_a_set_test_within_their_span() {
+        let sql = events_sql(60, &[10, 29], false);
         assert!(sql.contains("timestamp >= toDateTime(600) AND timestamp < toDateTime(1800)"));
-        assert!(sql.contains("AND intDiv(toUInt32(timestamp), 60) IN (10,29)"));
-        assert!(sql.contains("GROUP BY ws, t"));
-        let all = recompute_select_sql(3_600, false, 0, 86_400, &[]);
-        assert!(!all.contains(" IN ("));
-        assert!(all.contains("uniqExact(t) AS unique_event_types"));
+        assert!(sql.contains("intDiv(toUInt32(timestamp), 60) IN (10,29)"));
+        assert!(sql.contains("'{}' AS metadata"));
+        assert!(events_sql(3_600, &[1], true).contains("argMin(metadata,"));
     }
 }

@@ -27,26 +27,3 @@ pub struct EventRow {
     /// Kafka offset the event was read from.
     pub kafka_offset: i64,
 }
-
-/// One version of a rollup aggregate in `rollups`.
-#[derive(Clone, Debug, PartialEq, Eq, Row, Serialize, Deserialize)]
-pub struct RollupRecord {
-    /// `1m`, `1h` or `1d`.
-    pub granularity: String,
-    /// Window start, seconds.
-    pub window_start: u32,
-    /// Event type for per-type rows, empty for the all-events row.
-    pub event_type: String,
-    /// Events.
-    pub events: u64,
-    /// Distinct users.
-    pub unique_users: u64,
-    /// Distinct non-empty sessions.
-    pub unique_sessions: u64,
-    /// Distinct event types.
-    pub unique_event_types: u64,
-    /// 1 once the window has closed.
-    pub is_final: u8,
-    /// Larger versions replace smaller ones (ReplacingMergeTree, `argMax`).
-    pub version: u64,
-}

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::client::connect;
 use super::config::ClickHouseConfig;
-use super::rows::{EventRow, RollupRecord};
+use super::rows::EventRow;
 use crate::{ErrorClass, SinkError};
 
 /// Writes batches of events and rollup rows. Cheap to clone.
@@ -32,10 +32,16 @@ impl ClickHouseWriter {
         .await
     }
 
-    /// Inserts rollup rows, retrying transient failures.
-    pub async fn write_rollups(&self, rows: &[RollupRecord]) -> Result<(), SinkError> {
-        retry("insert into rollups", || {
-            insert(&self.client, "rollups", rows)
+    /// Inserts rollup rows (each with its version) into a topology's `table`, whose metric
+    /// columns are `columns`, retrying transient failures.
+    pub async fn write_rollup_rows(
+        &self,
+        table: &str,
+        columns: &[tally_core::Column],
+        rows: &[(tally_core::RollupRow, u64)],
+    ) -> Result<(), SinkError> {
+        retry(&format!("insert into {table}"), || {
+            super::rollup_rows::insert_rows(&self.client, table, columns, rows)
         })
         .await
     }

@@ -1,7 +1,7 @@
 //! The late-event ledger (`late_windows`): which closed windows received late events, and
 //! whether their correction is still pending.
 //!
-//! One row per (pipeline, topology, window name, window start): pipelines sharing a PostgreSQL
+//! One row per (pipeline, topology, rollup table kind, window name, window start): pipelines sharing a PostgreSQL
 //! database (each writing its own ClickHouse database) keep separate ledgers and jobs. The pipeline's sink upserts a row for every
 //! window a late event falls in ([`mark_late`]) *after* ClickHouse acknowledged the batch that
 //! holds the event's raw row, and before the batch counts as acknowledged, so no Kafka offset is
@@ -14,15 +14,35 @@
 //! ran ([`settle`]); otherwise the row stays pending and the newer mark's job corrects it again.
 
 use sqlx::PgPool;
+use tally_core::RowTable;
 
 use crate::SinkError;
 
-/// The topology every window belongs to until topologies are configurable.
+/// The topology `/reports` and the jobs assume when none is named.
 pub const DEFAULT_TOPOLOGY: &str = "product_analytics";
+
+/// How the ledger's `table_kind` column names a rollup table kind.
+pub fn table_kind(table: RowTable) -> &'static str {
+    match table {
+        RowTable::Windows => "windows",
+        RowTable::Sessions => "sessions",
+    }
+}
+
+/// The inverse of [`table_kind`] (unknown text: `None`).
+pub fn parse_table_kind(text: &str) -> Option<RowTable> {
+    match text {
+        "windows" => Some(RowTable::Windows),
+        "sessions" => Some(RowTable::Sessions),
+        _ => None,
+    }
+}
 
 /// Late events received by one window in one sink batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LateMark {
+    /// Which of the topology's rollup tables the window is in.
+    pub table: RowTable,
     /// The window's name as stored and queried (`1m`, `1h`, `1d`).
     pub window: String,
     /// Window start, milliseconds since the Unix epoch.
@@ -35,6 +55,9 @@ pub struct LateMark {
 /// A window waiting for its correction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingWindow {
+    /// Which of the topology's rollup tables the window is in (unknown kinds read as
+    /// `Windows`; see [`parse_table_kind`]).
+    pub table: RowTable,
     /// Window name (`1m`, `1h`, `1d`).
     pub window: String,
     /// Window start, ms since the epoch.
@@ -59,6 +82,7 @@ pub async fn mark_late(
     }
     let ctx = |what: &'static str| move |e| SinkError::postgres(what, e);
     let windows: Vec<&str> = marks.iter().map(|m| m.window.as_str()).collect();
+    let tables: Vec<&str> = marks.iter().map(|m| table_kind(m.table)).collect();
     let starts: Vec<i64> = marks.iter().map(|m| m.start_ms).collect();
     let counts: Vec<i64> = marks.iter().map(|m| m.late_events).collect();
     let mut tx = pool
@@ -66,9 +90,11 @@ pub async fn mark_late(
         .await
         .map_err(ctx("starting a ledger update"))?;
     sqlx::query(
-        "INSERT INTO late_windows AS l (pipeline, topology, window_name, window_start_ms, late_events, pending_since)
-         SELECT $5, $1, w, s, n, now() FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) AS m(w, s, n)
-         ON CONFLICT (pipeline, topology, window_name, window_start_ms) DO UPDATE
+        "INSERT INTO late_windows AS l
+             (pipeline, topology, table_kind, window_name, window_start_ms, late_events, pending_since)
+         SELECT $5, $1, k, w, s, n, now()
+         FROM UNNEST($6::text[], $2::text[], $3::bigint[], $4::bigint[]) AS m(k, w, s, n)
+         ON CONFLICT (pipeline, topology, table_kind, window_name, window_start_ms) DO UPDATE
          SET late_events = l.late_events + EXCLUDED.late_events,
              last_late_at = now(),
              pending_since = COALESCE(l.pending_since, now()),
@@ -79,6 +105,7 @@ pub async fn mark_late(
     .bind(&starts)
     .bind(&counts)
     .bind(pipeline)
+    .bind(&tables)
     .execute(&mut *tx)
     .await
     .map_err(ctx("marking late windows"))?;
@@ -123,12 +150,12 @@ pub async fn pending(
     topology: &str,
     limit: i64,
 ) -> Result<Vec<PendingWindow>, SinkError> {
-    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT window_name, window_start_ms, generation,
+    let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT table_kind, window_name, window_start_ms, generation,
                 (extract(epoch from pending_since) * 1000)::bigint
          FROM late_windows
          WHERE topology = $1 AND pending_since IS NOT NULL AND pipeline = $3
-         ORDER BY window_name, window_start_ms LIMIT $2",
+         ORDER BY table_kind, window_name, window_start_ms LIMIT $2",
     )
     .bind(topology)
     .bind(limit)
@@ -139,7 +166,8 @@ pub async fn pending(
     Ok(rows
         .into_iter()
         .map(
-            |(window, start_ms, generation, pending_since_ms)| PendingWindow {
+            |(table, window, start_ms, generation, pending_since_ms)| PendingWindow {
+                table: parse_table_kind(&table).unwrap_or(RowTable::Windows),
                 window,
                 start_ms,
                 generation,
@@ -158,32 +186,36 @@ pub async fn settle(
     windows: &[PendingWindow],
 ) -> Result<u64, SinkError> {
     let names: Vec<&str> = windows.iter().map(|w| w.window.as_str()).collect();
+    let tables: Vec<&str> = windows.iter().map(|w| table_kind(w.table)).collect();
     let starts: Vec<i64> = windows.iter().map(|w| w.start_ms).collect();
     let generations: Vec<i64> = windows.iter().map(|w| w.generation).collect();
     let done = sqlx::query(
         "UPDATE late_windows AS l
          SET pending_since = NULL, corrections = l.corrections + 1, last_corrected_at = now()
-         FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) AS d(w, s, g)
-         WHERE l.topology = $1 AND l.window_name = d.w AND l.window_start_ms = d.s
-           AND l.generation = d.g AND l.pipeline = $5",
+         FROM UNNEST($6::text[], $2::text[], $3::bigint[], $4::bigint[]) AS d(k, w, s, g)
+         WHERE l.topology = $1 AND l.table_kind = d.k AND l.window_name = d.w
+           AND l.window_start_ms = d.s AND l.generation = d.g AND l.pipeline = $5",
     )
     .bind(topology)
     .bind(&names)
     .bind(&starts)
     .bind(&generations)
     .bind(pipeline)
+    .bind(&tables)
     .execute(pool)
     .await
     .map_err(|e| SinkError::postgres("settling corrections", e))?;
     Ok(done.rows_affected())
 }
 
-/// Windows named `window` starting in `[from_ms, to_ms)` whose correction is pending: what
-/// `/reports` answers as `pending_corrections`.
+/// Windows of `table` named `window` starting in `[from_ms, to_ms)` whose correction is
+/// pending: what `/reports` answers as `pending_corrections`.
+#[allow(clippy::too_many_arguments)] // one per column of the ledger's key
 pub async fn pending_in_range(
     pool: &PgPool,
     pipeline: &str,
     topology: &str,
+    table: RowTable,
     window: &str,
     from_ms: i64,
     to_ms: i64,
@@ -191,13 +223,15 @@ pub async fn pending_in_range(
     sqlx::query_scalar(
         "SELECT count(*) FROM late_windows
          WHERE topology = $1 AND window_name = $2 AND pending_since IS NOT NULL
-           AND window_start_ms >= $3 AND window_start_ms < $4 AND pipeline = $5",
+           AND window_start_ms >= $3 AND window_start_ms < $4 AND pipeline = $5
+           AND table_kind = $6",
     )
     .bind(topology)
     .bind(window)
     .bind(from_ms)
     .bind(to_ms)
     .bind(pipeline)
+    .bind(table_kind(table))
     .fetch_one(pool)
     .await
     .map_err(|e| SinkError::postgres("counting pending corrections", e))
@@ -219,6 +253,10 @@ pub async fn backlog(pool: &PgPool, pipeline: &str) -> Result<(i64, f64), SinkEr
 /// One window's ledger entry, as `tally jobs --late` shows it.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct LedgerEntry {
+    /// Topology.
+    pub topology: String,
+    /// `windows` or `sessions`.
+    pub table_kind: String,
     /// Window name.
     pub window_name: String,
     /// Window start, ms since the epoch.
@@ -242,7 +280,7 @@ pub async fn recent(
     limit: i64,
 ) -> Result<Vec<LedgerEntry>, SinkError> {
     sqlx::query_as(
-        "SELECT window_name, window_start_ms, late_events, corrections,
+        "SELECT topology, table_kind, window_name, window_start_ms, late_events, corrections,
                 pending_since IS NOT NULL AS pending, last_late_at, last_corrected_at
          FROM late_windows WHERE pipeline = $2 ORDER BY last_late_at DESC LIMIT $1",
     )

@@ -101,6 +101,21 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
                 updated_at    TIMESTAMPTZ NOT NULL DEFAULT now()
             );",
     ),
+    (
+        6,
+        "late_windows per rollup table",
+        // A topology has two rollup tables (window metrics, session metrics) whose windows
+        // close at different times: the ledger keys its rows by table too. Existing rows are
+        // window-metric rows.
+        "ALTER TABLE late_windows ADD COLUMN IF NOT EXISTS table_kind TEXT NOT NULL DEFAULT 'windows';
+         ALTER TABLE late_windows DROP CONSTRAINT IF EXISTS late_windows_pkey;
+         ALTER TABLE late_windows
+             ADD PRIMARY KEY (pipeline, topology, table_kind, window_name, window_start_ms);
+         DROP INDEX IF EXISTS late_windows_pending;
+         CREATE INDEX IF NOT EXISTS late_windows_pending
+             ON late_windows (pipeline, topology, table_kind, window_name, window_start_ms)
+             WHERE pending_since IS NOT NULL;",
+    ),
 ];
 
 /// Applies every migration not yet recorded, each in its own transaction. Idempotent.
