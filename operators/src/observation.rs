@@ -35,6 +35,8 @@ pub struct OperatorCounters(Arc<Inner>);
 struct Inner {
     /// (topology, window name) -> late events.
     late: Mutex<BTreeMap<(String, String), u64>>,
+    /// topology -> events late for its sessions.
+    late_sessions: Mutex<BTreeMap<String, u64>>,
     duplicates: AtomicU64,
     folded: AtomicU64,
 }
@@ -42,8 +44,8 @@ struct Inner {
 impl OperatorCounters {
     /// Adds `n` events of `topology` that arrived after a window of kind `window` (its name, e.g.
     /// `1m`, `1h_15m`) containing them had closed (replays excepted). An event late for several
-    /// windows of one hopping kind counts once for that kind. The session operator counts events
-    /// late for a topology's sessions under the window name [`OperatorCounters::SESSIONS`].
+    /// windows of one hopping kind counts once for that kind (events late for sessions:
+    /// [`OperatorCounters::add_late_sessions`]).
     pub fn add_late(&self, topology: &str, window: &str, n: u64) {
         if n == 0 {
             return;
@@ -68,8 +70,40 @@ impl OperatorCounters {
         late.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
-    /// The window name under which events late for a topology's sessions are counted.
-    pub const SESSIONS: &'static str = "sessions";
+    /// Adds `n` events that were late for `topology`'s sessions
+    /// ([`tally_core::SessionSpec::is_late`]; replays excepted): not applied, their session
+    /// windows are corrected from the raw events.
+    pub fn add_late_sessions(&self, topology: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut counts = self
+            .0
+            .late_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *counts.entry(topology.to_owned()).or_default() += n;
+    }
+
+    /// Events late for `topology`'s sessions so far.
+    pub fn late_sessions(&self, topology: &str) -> u64 {
+        let counts = self
+            .0
+            .late_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        counts.get(topology).copied().unwrap_or(0)
+    }
+
+    /// Every session late count so far: `(topology, events)`, sorted.
+    pub fn late_session_counts(&self) -> Vec<(String, u64)> {
+        let counts = self
+            .0
+            .late_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 
     /// Adds `n` events dropped because their id was seen before.
     pub fn add_duplicates(&self, n: u64) {
