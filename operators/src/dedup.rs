@@ -9,41 +9,69 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::StreamVec;
 use timely::ExchangeData;
 
+use tally_core::Topology;
+
 use crate::hashing::IdSet;
 use crate::observation::{Observation, OperatorCounters};
-use crate::window::Window;
 
 /// How long an event id is remembered after its first copy.
 ///
 /// An id first seen with event time `ts`, read when the watermark was `r`, is remembered until
 /// the watermark reaches [`DedupHorizon::remembered_until_read`]: the later of
 /// [`DedupHorizon::remembered_until`] for `ts` and for `r`, i.e. the end of the hour containing
-/// `ts` (or `r`; of the longest window, when that is shorter than an hour), plus the longest
-/// window, plus the grace period. With the defaults (1 day, 5 s) that is between 1 day 5 s and
-/// 1 day 1 hour 5 s after `ts` for an event read on time, and as long after its read for a late
-/// one: a re-send of an event that was already days old when it first arrived is still dropped
-/// if it comes within a day, whatever time it carries. Rounding to the hour keeps few buckets of ids, and makes the horizon outlast
-/// every window of any copy stamped less than an hour after the first: such a copy read after
-/// the horizon (e.g. re-read after a restart, once the first copy's offset was committed) is
-/// late for all its windows, so it cannot count in a rollup.
+/// `ts` (or `r`; of a block of `longest_ms`, when that is shorter than an hour), plus
+/// `longest_ms`, plus the grace period. With a one-day longest window and 5 s of grace that is
+/// between 1 day 5 s and 1 day 1 hour 5 s after `ts` for an event read on time, and as long
+/// after its read for a late one: a re-send of an event that was already days old when it first
+/// arrived is still dropped if it comes within a day, whatever time it carries. Rounding to the
+/// hour keeps few buckets of ids, and makes the horizon outlast every window of any copy stamped
+/// less than an hour after the first: such a copy read after the horizon (e.g. re-read after a
+/// restart, once the first copy's offset was committed) is late for all its windows, so it
+/// cannot count in a rollup.
+///
+/// One dedup serves every topology of a process: [`DedupHorizon::for_topologies`] takes the
+/// longest window of all of them (and the session gap, when longer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DedupHorizon {
-    /// The longest window the rollups keep.
-    pub longest: Window,
-    /// The rollups' grace period, milliseconds.
+    /// The longest window the rollups keep, ms.
+    pub longest_ms: u64,
+    /// The rollups' grace period, ms.
     pub grace_ms: u64,
 }
 
+/// One hour, ms: the coarsest block the dedup rounds event times to.
+const HOUR_MS: u64 = 3_600_000;
+
 impl DedupHorizon {
+    /// The horizon for a process running `topologies`: `longest_ms` is the longest window of
+    /// any of them, or the longest session gap when that is longer (a copy read after the
+    /// horizon is then late for sessions too). 0 without topologies.
+    pub fn for_topologies(topologies: &[Topology], grace_ms: u64) -> DedupHorizon {
+        let longest_ms = topologies
+            .iter()
+            .map(|t| {
+                let gap = t.sessions.map_or(0, |s| s.gap_ms);
+                t.longest_window_ms().max(gap)
+            })
+            .max()
+            .unwrap_or(0);
+        DedupHorizon {
+            longest_ms,
+            grace_ms,
+        }
+    }
+
     /// The watermark from which copies of an id first seen with event time `ts_ms` are no longer
     /// recognised (they count as a new event).
     pub const fn remembered_until(self, ts_ms: u64) -> u64 {
-        let block = if self.longest.millis() < Window::Hour.millis() {
-            self.longest
+        let block = if self.longest_ms == 0 {
+            1
+        } else if self.longest_ms < HOUR_MS {
+            self.longest_ms
         } else {
-            Window::Hour
+            HOUR_MS
         };
-        block.start_of(ts_ms) + block.millis() + self.longest.millis() + self.grace_ms
+        ts_ms - ts_ms % block + block + self.longest_ms + self.grace_ms
     }
 
     /// The watermark from which copies of an id first seen with event time `ts_ms`, read when
@@ -99,7 +127,8 @@ pub trait Dedup<'scope, D> {
     /// that time and dropped when the frontier reaches it.
     ///
     /// ```
-    /// use tally_operators::{hash128, Dedup, DedupHorizon, Observation, OperatorCounters, Window};
+    /// use std::sync::Arc;
+    /// use tally_operators::{hash128, Dedup, DedupHorizon, Observation, OperatorCounters};
     /// use timely::dataflow::operators::capture::Extract;
     /// use timely::dataflow::operators::vec::Map;
     /// use timely::dataflow::operators::{Capture, ToStream};
@@ -110,9 +139,10 @@ pub trait Dedup<'scope, D> {
     ///     event_type: event_type.to_owned(),
     ///     user: hash128("u1"),
     ///     session: None,
+    ///     metadata: Arc::default(),
     ///     replayed: false,
     /// };
-    /// let horizon = DedupHorizon { longest: Window::Day, grace_ms: 5_000 };
+    /// let horizon = DedupHorizon { longest_ms: 86_400_000, grace_ms: 5_000 };
     /// let kept = timely::example(move |scope| {
     ///     // A retry re-stamped 1.5 s later and with another type is still the same event.
     ///     vec![copy(1_000, "click"), copy(2_500, "buy")]

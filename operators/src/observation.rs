@@ -1,11 +1,10 @@
 //! What the window operators see of an event.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-
-use crate::window::Window;
 
 /// One event as the operators see it: ids are pre-hashed, strings kept only where rows need them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,25 +27,82 @@ pub struct Observation {
 }
 
 /// Counters the operators add to and the runtime exports as metrics. Cheap to clone: every clone
-/// shares the same counts.
+/// shares the same counts (one set for all workers of a process).
 #[derive(Clone, Debug, Default)]
 pub struct OperatorCounters(Arc<Inner>);
 
 #[derive(Debug, Default)]
 struct Inner {
-    late: [AtomicU64; 3],
+    /// (topology, window name) -> late events.
+    late: Mutex<BTreeMap<(String, String), u64>>,
+    /// topology -> events late for its sessions.
+    late_sessions: Mutex<BTreeMap<String, u64>>,
     duplicates: AtomicU64,
+    folded: AtomicU64,
 }
 
 impl OperatorCounters {
-    /// Adds `n` events that arrived after their `window` had closed (replays excepted).
-    pub fn add_late(&self, window: Window, n: u64) {
-        self.0.late[window.index()].fetch_add(n, Ordering::Relaxed);
+    /// Adds `n` events of `topology` that arrived after a window of kind `window` (its name, e.g.
+    /// `1m`, `1h_15m`) containing them had closed (replays excepted). An event late for several
+    /// windows of one hopping kind counts once for that kind (events late for sessions:
+    /// [`OperatorCounters::add_late_sessions`]).
+    pub fn add_late(&self, topology: &str, window: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut late = self.0.late.lock().unwrap_or_else(|e| e.into_inner());
+        *late
+            .entry((topology.to_owned(), window.to_owned()))
+            .or_default() += n;
     }
 
-    /// Late events so far for `window`.
-    pub fn late(&self, window: Window) -> u64 {
-        self.0.late[window.index()].load(Ordering::Relaxed)
+    /// Late events so far for `topology`'s windows named `window`.
+    pub fn late(&self, topology: &str, window: &str) -> u64 {
+        let late = self.0.late.lock().unwrap_or_else(|e| e.into_inner());
+        late.get(&(topology.to_owned(), window.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every late count so far: `((topology, window name), events)`, sorted.
+    pub fn late_counts(&self) -> Vec<((String, String), u64)> {
+        let late = self.0.late.lock().unwrap_or_else(|e| e.into_inner());
+        late.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Adds `n` events that were late for `topology`'s sessions
+    /// ([`tally_core::SessionSpec::is_late`]; replays excepted): not applied, their session
+    /// windows are corrected from the raw events.
+    pub fn add_late_sessions(&self, topology: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut counts = self
+            .0
+            .late_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *counts.entry(topology.to_owned()).or_default() += n;
+    }
+
+    /// Events late for `topology`'s sessions so far.
+    pub fn late_sessions(&self, topology: &str) -> u64 {
+        let counts = self
+            .0
+            .late_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        counts.get(topology).copied().unwrap_or(0)
+    }
+
+    /// Every session late count so far: `(topology, events)`, sorted.
+    pub fn late_session_counts(&self) -> Vec<(String, u64)> {
+        let counts = self
+            .0
+            .late_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// Adds `n` events dropped because their id was seen before.
@@ -57,5 +113,17 @@ impl OperatorCounters {
     /// Duplicate events dropped so far.
     pub fn duplicates(&self) -> u64 {
         self.0.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Adds `n` contributions (one event, one window, one dimension) aggregated into a
+    /// dimension's [`tally_core::OTHER`] group because the dimension's cap was reached.
+    pub fn add_folded(&self, n: u64) {
+        self.0.folded.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Contributions folded into [`tally_core::OTHER`] so far (per event, window and dimension;
+    /// a value whose group is folded after it had its own counts adds all of them).
+    pub fn folded(&self) -> u64 {
+        self.0.folded.load(Ordering::Relaxed)
     }
 }

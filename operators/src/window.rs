@@ -1,130 +1,132 @@
-//! Tumbling event-time windows and the arithmetic every part of Tally shares about them.
+//! What every part of Tally must agree on about an event's windows: which closed windows a
+//! late event marks for correction ([`late_windows`]) and until when an event may still be
+//! needed after a restart ([`settled_after`]).
 
-use serde::{Deserialize, Serialize};
+use tally_core::{RowTable, SessionSpec, Topology, WindowSpec};
 
 use crate::dedup::DedupHorizon;
 
-/// A tumbling window length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Window {
-    /// One minute.
-    Minute,
-    /// One hour.
-    Hour,
-    /// One day (UTC days).
-    Day,
-}
-
-impl Window {
-    /// Every window kind, shortest first.
-    pub const ALL: [Window; 3] = [Window::Minute, Window::Hour, Window::Day];
-
-    /// Length in milliseconds.
-    pub const fn millis(self) -> u64 {
-        match self {
-            Window::Minute => 60_000,
-            Window::Hour => 3_600_000,
-            Window::Day => 86_400_000,
-        }
-    }
-
-    /// The label used in storage and in the API (`1m`, `1h`, `1d`).
-    pub const fn label(self) -> &'static str {
-        match self {
-            Window::Minute => "1m",
-            Window::Hour => "1h",
-            Window::Day => "1d",
-        }
-    }
-
-    /// Parses a label as written by [`Window::label`].
-    pub fn from_label(label: &str) -> Option<Window> {
-        Window::ALL.into_iter().find(|w| w.label() == label)
-    }
-
-    /// Position of this window in [`Window::ALL`].
-    pub const fn index(self) -> usize {
-        match self {
-            Window::Minute => 0,
-            Window::Hour => 1,
-            Window::Day => 2,
-        }
-    }
-
-    /// Start of the window containing `ts_ms`.
-    pub const fn start_of(self, ts_ms: u64) -> u64 {
-        ts_ms - ts_ms % self.millis()
-    }
-
-    /// The dataflow time at which the window containing `ts_ms` closes: its end plus `grace_ms`.
-    /// Data read at or after this time is late for that window.
-    pub const fn close_time(self, ts_ms: u64, grace_ms: u64) -> u64 {
-        self.start_of(ts_ms) + self.millis() + grace_ms
-    }
-
-    /// Whether an event at `ts_ms`, read when the watermark was `read_time`, is late for this
-    /// window.
-    pub const fn is_late(self, ts_ms: u64, read_time: u64, grace_ms: u64) -> bool {
-        self.close_time(ts_ms, grace_ms) <= read_time
-    }
-}
-
-impl std::fmt::Display for Window {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.label())
-    }
-}
-
-/// The time after which nothing more is owed for an event at `ts_ms` read at `read_time`: the
-/// later of its read time and the end of its dedup horizon (see [`DedupHorizon`]), which is
-/// never before the close of the longest window it counts in. The source keeps a Kafka offset
-/// uncommitted until the sink's acknowledged frontier passes this, so that a replay after a
-/// restart re-reads the first copy of every event id the dedup still remembers, and the dedup,
-/// rebuilt from what is re-read, drops the same later copies.
-pub fn settled_after(windows: &[Window], ts_ms: u64, read_time: u64, grace_ms: u64) -> u64 {
-    let longest = windows.iter().copied().max().unwrap_or(Window::Minute);
-    let horizon = DedupHorizon { longest, grace_ms };
-    let closes = windows.iter().map(|w| w.close_time(ts_ms, grace_ms));
-    closes
-        .chain([horizon.remembered_until_read(ts_ms, read_time)])
-        .filter(|&t| t > read_time)
-        .max()
-        .unwrap_or(read_time)
-}
-
-/// The windows of `windows` for which an event at `ts_ms`, read when the watermark was
-/// `read_time`, is *late*: already closed (end + `grace_ms` at or before `read_time`), so the
-/// rollup operator did not aggregate it. Each is `(window kind, window start in ms since the
-/// epoch)`. These are the windows a correction must recompute from the raw events; the sink
-/// records them in the late-event ledger (see `docs/architecture.md`, "Late events and
-/// corrections"), using the same rule as [`crate::Rollup`] so that every event the rollups
-/// left out marks its window.
+/// The windows of `topology` an event at `ts_ms`, read when the watermark was `read_time`, is
+/// *late* for: the operators did not apply it there, so a correction must recompute them from
+/// the raw events. Each is `(table, window name, window start in ms)`:
+///
+/// - [`RowTable::Windows`]: every window (of every kind, several for a hopping kind) containing
+///   `ts_ms` that had closed (end + `grace_ms` at or before `read_time`), the rule of
+///   [`crate::WindowRollup`].
+/// - [`RowTable::Sessions`], when the topology stores session metrics and the event is late
+///   for sessions ([`SessionSpec::is_late`]): every window of every kind containing a time in
+///   [`SessionSpec::affected_starts`] (the sessions the event can change start there).
+///
+/// Sorted, without repeats. The sink records them in the late-event ledger.
 pub fn late_windows(
-    windows: &[Window],
+    topology: &Topology,
     ts_ms: u64,
     read_time: u64,
     grace_ms: u64,
-) -> impl Iterator<Item = (Window, u64)> + '_ {
-    windows
-        .iter()
-        .filter(move |w| w.is_late(ts_ms, read_time, grace_ms))
-        .map(move |&w| (w, w.start_of(ts_ms)))
+) -> Vec<(RowTable, String, u64)> {
+    let mut out: Vec<(RowTable, String, u64)> = Vec::new();
+    if topology.has(RowTable::Windows) {
+        for w in &topology.windows {
+            out.extend(
+                w.late_starts(ts_ms, read_time, grace_ms)
+                    .map(|s| (RowTable::Windows, w.name.clone(), s)),
+            );
+        }
+    }
+    if let Some(spec) = session_spec(topology) {
+        if spec.is_late(ts_ms, read_time, grace_ms) {
+            let (from, to) = spec.affected_starts(ts_ms);
+            for w in &topology.windows {
+                out.extend(
+                    starts_between(w, from, to).map(|s| (RowTable::Sessions, w.name.clone(), s)),
+                );
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The starts of `w`'s windows that contain some time in `[from, to]` (ms, inclusive),
+/// ascending.
+fn starts_between(w: &WindowSpec, from: u64, to: u64) -> impl Iterator<Item = u64> {
+    let slide = w.slide_ms.max(1);
+    // The first start s (a multiple of the slide) with s + size > from.
+    let first = match (from + 1).checked_sub(w.size_ms) {
+        Some(x) => x.div_ceil(slide) * slide,
+        None => 0,
+    };
+    let last = to - to % slide;
+    (first..=last).step_by(slide as usize)
+}
+
+/// The session spec of a topology that stores session metrics.
+fn session_spec(topology: &Topology) -> Option<SessionSpec> {
+    topology
+        .sessions
+        .filter(|_| topology.has(RowTable::Sessions))
+}
+
+/// The watermark after which nothing more is owed for an event at `ts_ms` read at `read_time`
+/// by a process running `topologies`: the latest of
+///
+/// - the close of every window containing it (end + `grace_ms`),
+/// - the end of its dedup horizon ([`DedupHorizon::for_topologies`]; from its time and from
+///   its read, see [`DedupHorizon::remembered_until_read`]),
+/// - for a topology storing session metrics, the time its session rows settle: the close of
+///   the latest window containing `ts_ms` plus [`SessionSpec::window_delay_ms`] beyond its end
+///   (a session containing the event starts at or before `ts_ms`, so in a window that closes
+///   by then; this is later than `ts_ms + window_delay_ms`, after which the event's session
+///   cannot change any more);
+///
+/// or `read_time` when all of those have passed. The source keeps a Kafka offset uncommitted
+/// until the sink's acknowledged frontier passes this, so that a replay after a restart re-reads
+/// every event the open windows, sessions and the dedup still need.
+pub fn settled_after(topologies: &[Topology], ts_ms: u64, read_time: u64, grace_ms: u64) -> u64 {
+    let horizon = DedupHorizon::for_topologies(topologies, grace_ms);
+    let mut latest = horizon.remembered_until_read(ts_ms, read_time);
+    for t in topologies {
+        let session_delay = session_spec(t).map(|s| s.window_delay_ms(grace_ms));
+        for w in &t.windows {
+            let Some(last_start) = w.starts(ts_ms).max() else {
+                continue;
+            };
+            latest = latest.max(w.close_time(last_start, grace_ms));
+            if let Some(delay) = session_delay {
+                latest = latest.max(last_start + w.size_ms + delay);
+            }
+        }
+    }
+    latest.max(read_time)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_core::{Metric, SessionSpec};
 
-    #[test]
-    fn window_bounds() {
-        // 2024-03-13T10:17:42.123Z
-        let ts = 1_710_325_062_123;
-        assert_eq!(Window::Minute.start_of(ts), 1_710_325_020_000);
-        assert_eq!(Window::Hour.start_of(ts), 1_710_324_000_000);
-        assert_eq!(Window::Day.start_of(ts), 1_710_288_000_000);
-        assert_eq!(Window::Minute.close_time(ts, 5_000), 1_710_325_085_000);
-        assert!(!Window::Minute.is_late(ts, 1_710_325_084_999, 5_000));
-        assert!(Window::Minute.is_late(ts, 1_710_325_085_000, 5_000));
+    const MIN: u64 = 60_000;
+    const HOUR: u64 = 3_600_000;
+    const DAY: u64 = 86_400_000;
+
+    fn topology(windows: &[WindowSpec], sessions: Option<SessionSpec>) -> Topology {
+        let mut b = Topology::builder("t").metric(Metric::Events);
+        for w in windows {
+            b = b.window(w.clone());
+        }
+        if let Some(s) = sessions {
+            b = b.sessions(s).metric(Metric::Sessions);
+        }
+        b.build().expect("valid")
+    }
+
+    fn standard() -> Vec<WindowSpec> {
+        vec![
+            WindowSpec::tumbling("1m", MIN),
+            WindowSpec::tumbling("1h", HOUR),
+            WindowSpec::tumbling("1d", DAY),
+        ]
     }
 
     #[test]
@@ -132,32 +134,61 @@ mod tests {
         // 2024-03-13T10:17:42.123Z: its hour ends at 11:00, so its id is remembered until
         // 2024-03-14T11:00:00 plus the grace (past its day window's close, 2024-03-14T00:00).
         let ts = 1_710_325_062_123;
-        let all = Window::ALL;
-        let horizon = 1_710_324_000_000 + 3_600_000 + 86_400_000;
+        let all = [topology(&standard(), None)];
+        let horizon = 1_710_324_000_000 + HOUR + DAY;
         assert_eq!(settled_after(&all, ts, 0, 0), horizon);
         assert_eq!(settled_after(&all, ts, 0, 5_000), horizon + 5_000);
-        assert!(horizon > Window::Day.close_time(ts, 0));
-        // Read late (after its day closed): owed until a day after the hour of its read, since
-        // the dedup remembers a late first copy that long too.
-        let after_day = Window::Day.close_time(ts, 0);
+        // Read late (after its day closed): owed until a day after the hour of its read.
+        let after_day = 1_710_288_000_000 + DAY;
         assert_eq!(
             settled_after(&all, ts, after_day, 0),
-            after_day + 3_600_000 + 86_400_000
+            after_day + HOUR + DAY
         );
         // Read after the horizon of its own time: likewise from its read.
         assert_eq!(
             settled_after(&all, ts, horizon + 7, 0),
-            horizon + 3_600_000 + 86_400_000
+            horizon + HOUR + DAY
         );
-        // Shorter windows: the hour ends at 11:00, plus one hour.
-        let hour_horizon = 1_710_324_000_000 + 2 * 3_600_000;
-        let short = [Window::Minute, Window::Hour];
-        assert_eq!(settled_after(&short, ts, 0, 0), hour_horizon);
         // Minute windows only: the minute ends at 10:18:00, plus one minute.
+        let minute = [topology(&standard()[..1], None)];
         assert_eq!(
-            settled_after(&[Window::Minute], ts, 0, 0),
-            1_710_325_020_000 + 2 * 60_000
+            settled_after(&minute, ts, 0, 0),
+            1_710_325_020_000 + 2 * MIN
         );
+        // Two topologies: the longest window of either decides the horizon.
+        let both = [minute[0].clone(), all[0].clone()];
+        assert_eq!(settled_after(&both, ts, 0, 0), horizon);
+    }
+
+    #[test]
+    fn settled_after_waits_for_hopping_windows_and_sessions() {
+        let h = |hh: u64, mm: u64| 10 * DAY + hh * HOUR + mm * MIN;
+        let ts = h(10, 17);
+        // Minute windows and 1h windows every 15 min: the last one containing 10:17 starts at
+        // 10:15 and closes at 11:15 (+ grace); the horizon (1 h block + 1 h) ends at 12:00.
+        let hop = [topology(
+            &[
+                WindowSpec::tumbling("1m", MIN),
+                WindowSpec::hopping("1h_15m", HOUR, 15 * MIN),
+            ],
+            None,
+        )];
+        assert_eq!(settled_after(&hop, ts, 0, 0), h(12, 0));
+        // With 1 h windows every 15 min, 1 h 30 min windows every 30 min and sessions (gap 30
+        // min, max 4 h): the window containing 10:17 that ends last is [10:00, 11:30), its
+        // sessions settle 4 h + 2 * 30 min + grace after its end: 16:30 + grace.
+        let spec = SessionSpec {
+            gap_ms: 30 * MIN,
+            max_duration_ms: 4 * HOUR,
+        };
+        let sessions = [topology(
+            &[
+                WindowSpec::hopping("1h_15m", HOUR, 15 * MIN),
+                WindowSpec::hopping("90m_30m", 90 * MIN, 30 * MIN),
+            ],
+            Some(spec),
+        )];
+        assert_eq!(settled_after(&sessions, ts, 0, 1_000), h(16, 30) + 1_000);
     }
 
     #[test]
@@ -166,20 +197,48 @@ mod tests {
         // 10:18:05, its hour and day are still open.
         let ts = 1_710_325_062_123;
         let read = 1_710_325_140_000;
-        let late: Vec<_> = late_windows(&Window::ALL, ts, read, 5_000).collect();
-        assert_eq!(late, vec![(Window::Minute, 1_710_325_020_000)]);
-        // Read the next day: every window closed.
-        let late: Vec<_> = late_windows(&Window::ALL, ts, ts + 86_400_000 * 2, 5_000).collect();
-        assert_eq!(late.len(), 3);
+        let t = topology(&standard(), None);
+        let late = late_windows(&t, ts, read, 5_000);
+        assert_eq!(
+            late,
+            vec![(RowTable::Windows, "1m".to_owned(), 1_710_325_020_000)]
+        );
+        // Read two days later: every window closed.
+        assert_eq!(late_windows(&t, ts, ts + 2 * DAY, 5_000).len(), 3);
         // Read before its minute closed: on time everywhere.
-        assert_eq!(late_windows(&Window::ALL, ts, ts, 5_000).count(), 0);
+        assert!(late_windows(&t, ts, ts, 5_000).is_empty());
     }
 
     #[test]
-    fn labels_round_trip() {
-        for w in Window::ALL {
-            assert_eq!(Window::from_label(w.label()), Some(w));
-        }
-        assert_eq!(Window::from_label("2m"), None);
+    fn late_windows_of_hopping_kinds_and_sessions() {
+        let h = |hh: u64, mm: u64| 10 * DAY + hh * HOUR + mm * MIN;
+        let spec = SessionSpec {
+            gap_ms: 30 * MIN,
+            max_duration_ms: 2 * HOUR,
+        };
+        let t = topology(&[WindowSpec::hopping("1h_15m", HOUR, 15 * MIN)], Some(spec));
+        let ts = h(10, 17);
+        // Read at 10:50 with a minute of grace: the 1 h windows from 9:30 and 9:45 closed, and
+        // 10:17 is late for sessions (10:17 + 30 min gap + 1 min grace = 10:48 <= 10:50).
+        let late = late_windows(&t, ts, h(10, 50), MIN);
+        let windows: Vec<u64> = late
+            .iter()
+            .filter(|(table, _, _)| *table == RowTable::Windows)
+            .map(|(_, _, s)| *s)
+            .collect();
+        assert_eq!(windows, vec![h(9, 30), h(9, 45)]);
+        // Sessions: starts may move within [8:17, 10:47]: every 1 h window containing a time
+        // there, from [7:30, 8:30) to [10:45, 11:45).
+        let sessions: Vec<u64> = late
+            .iter()
+            .filter(|(table, _, _)| *table == RowTable::Sessions)
+            .map(|(_, _, s)| *s)
+            .collect();
+        let want: Vec<u64> = (0..14).map(|k| h(7, 30) + k * 15 * MIN).collect();
+        assert_eq!(sessions, want);
+        assert_eq!(*want.last().expect("some"), h(10, 45));
+        // Read at 10:47:59 with a minute of grace: not late for sessions (10:48 is the limit).
+        let late = late_windows(&t, ts, h(10, 48) - 1, MIN);
+        assert!(late.iter().all(|(table, _, _)| *table == RowTable::Windows));
     }
 }

@@ -1,38 +1,89 @@
-//! Topology definitions: how the operators are wired for each kind of analysis.
+//! Topologies: which events, grouped how, over which windows, computing which metrics
+//! ([`tally_core::Topology`]), and the timely dataflow that runs any set of them over one read
+//! of the events ([`build`]).
 //!
-//! Today there is one, [`product_analytics`]: de-duplicate events by id (the first copy read
-//! wins), then roll the kept copies up into tumbling windows (1 minute, 1 hour, 1 day by
-//! default), overall and per event type. The kept copies are also what is stored raw, so the
-//! raw events and the rollups count the same copy of every event.
+//! [`product_analytics`] is the topology Tally always ran: exact events, unique users, unique
+//! sessions and unique event types per minute, hour and day, overall and per event type.
+//! [`kit`] runs scripted events through the real dataflow, for golden and property tests.
 
-use tally_operators::{Dedup, Observation, OperatorCounters, Rollup, RollupRow, RollupSpec};
-use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::vec::Map;
-use timely::dataflow::StreamVec;
-use timely::ExchangeData;
+mod dataflow;
+pub mod kit;
 
-/// What [`product_analytics`] produces.
-pub struct ProductAnalytics<'scope, R> {
-    /// The payload of every kept copy (the first copy read of each event id): the raw rows.
-    pub kept: StreamVec<'scope, u64, R>,
-    /// Provisional and final rollup rows.
-    pub rollups: StreamVec<'scope, u64, RollupRow>,
+pub use dataflow::{build, Outputs};
+
+use tally_core::{Dimension, DimensionSource, DistinctMode, Metric, Topology, WindowSpec};
+
+/// The product-analytics topology, as Tally computed it before topologies were data: tumbling
+/// windows `1m`, `1h`, `1d`; the dimension `event_type` (up to 100,000 values per window);
+/// metrics `events`, `unique_users`, `unique_sessions`, `unique_event_types`, exact; table
+/// `rollups_product_analytics`. `topologies/product_analytics.toml` declares the same.
+pub fn product_analytics() -> Topology {
+    let built = Topology::builder("product_analytics")
+        .description(
+            "Events, unique users, unique sessions and unique event types per minute, hour and \
+             day, overall and per event type.",
+        )
+        .table("rollups_product_analytics")
+        .window(WindowSpec::tumbling("1m", 60_000))
+        .window(WindowSpec::tumbling("1h", 3_600_000))
+        .window(WindowSpec::tumbling("1d", 86_400_000))
+        .dimension(Dimension {
+            name: "event_type".to_owned(),
+            source: DimensionSource::EventType,
+            max_values: Dimension::MAX_MAX_VALUES,
+        })
+        .metric(Metric::Events)
+        .metric(Metric::UniqueUsers)
+        .metric(Metric::UniqueSessions)
+        .metric(Metric::UniqueEventTypes)
+        .distinct(DistinctMode::Exact)
+        .build();
+    // The declaration above is constant and valid (a test builds it); a failure would be a
+    // programming error caught by that test, not a runtime condition.
+    built.unwrap_or_else(|e| panic!("product_analytics is invalid: {e}"))
 }
 
-/// The product-analytics topology: exact events, unique users, unique sessions and unique event
-/// types per window. Each event is an observation with a payload `R` (the raw row to store),
-/// which passes the dedup with it. `ticks` drive provisional output (one tick: one row for every
-/// aggregate that changed since its last row).
-pub fn product_analytics<'scope, R: ExchangeData>(
-    events: StreamVec<'scope, u64, (Observation, R)>,
-    ticks: StreamVec<'scope, u64, ()>,
-    spec: &RollupSpec,
-    counters: &OperatorCounters,
-) -> ProductAnalytics<'scope, R> {
-    let (observations, kept) = events
-        .dedup_events(spec.dedup_horizon(), counters.clone())
-        .flat_map(|(observation, payload)| [Ok(observation), Err(payload)])
-        .ok_err::<Vec<Observation>, _, Vec<R>, _, _>(|split| split);
-    let rollups = observations.rollup(ticks, spec, counters.clone());
-    ProductAnalytics { kept, rollups }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_core::RowTable;
+
+    #[test]
+    fn product_analytics_is_todays_topology() {
+        let t = product_analytics();
+        let windows: Vec<(&str, u64, u64)> = t
+            .windows
+            .iter()
+            .map(|w| (w.name.as_str(), w.size_ms, w.slide_ms))
+            .collect();
+        assert_eq!(
+            windows,
+            [
+                ("1m", 60_000, 60_000),
+                ("1h", 3_600_000, 3_600_000),
+                ("1d", 86_400_000, 86_400_000)
+            ]
+        );
+        let columns: Vec<String> = t
+            .columns(RowTable::Windows)
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                "events",
+                "unique_users",
+                "unique_sessions",
+                "unique_event_types"
+            ]
+        );
+        assert!(!t.has(RowTable::Sessions));
+        assert_eq!(t.table, "rollups_product_analytics");
+        assert_eq!(t.dimensions.len(), 1);
+        assert_eq!(t.dimensions[0].name, "event_type");
+        assert_eq!(t.dimensions[0].max_values, 100_000);
+        assert!(t.filters.is_empty());
+        assert_eq!(t.distinct, DistinctMode::Exact);
+    }
 }

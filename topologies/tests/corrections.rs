@@ -4,20 +4,20 @@
 //! arrive seconds, hours, days or weeks after their windows closed.
 //!
 //! The model (`oracle`) is written with plain arithmetic, apart from the operators: no
-//! `Window` helpers, no `tally_operators::reference`.
+//! `WindowSpec` helpers, no operator code. The topology is `product_analytics()`, run through
+//! the kit (the real dataflow of `tally_topologies::build`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config as ProptestConfig;
-use tally_operators::{
-    hash128, late_windows, Observation, OperatorCounters, RollupRow, RollupSpec, Window,
-};
-use timely::dataflow::operators::{Inspect, Probe};
-use timely::dataflow::{InputHandle, ProbeHandle};
+use tally_core::{RollupRow, RowTable};
+use tally_operators::aggregate::window_rows;
+use tally_operators::{late_windows, Observation, Point};
+use tally_topologies::kit::{self, Script};
+use tally_topologies::product_analytics;
 
 const MINUTE: u64 = 60_000;
 const HOUR: u64 = 3_600_000;
@@ -43,14 +43,13 @@ struct Ev {
 
 impl Ev {
     fn observation(&self) -> Observation {
-        Observation {
-            event_id: hash128(&format!("e{}", self.id)),
-            ts_ms: self.ts_ms,
-            event_type: TYPES[usize::from(self.event_type)].to_owned(),
-            user: hash128(&format!("u{}", self.user)),
-            session: self.session.map(|s| hash128(&format!("s{s}"))),
-            replayed: false,
-        }
+        kit::event(
+            &format!("e{}", self.id),
+            self.ts_ms,
+            TYPES[usize::from(self.event_type)],
+            &format!("u{}", self.user),
+            self.session.map(|s| format!("s{s}")).as_deref(),
+        )
     }
 }
 
@@ -89,107 +88,78 @@ struct Output {
     kept: Vec<(u64, Observation)>,
 }
 
-/// Runs `product_analytics` over `reads` on `workers` workers; each worker reads the events of
-/// its users (like a Kafka partition keyed by user) and advances its input to each of its
-/// records' read time. The inputs close at the end, so every window emits its final row.
+/// Runs `product_analytics` over `reads` on `workers` workers; each user's events are one
+/// Kafka partition (worker `user % workers` reads it), read at the watermark of its read. The
+/// inputs close at the end, so every window emits its final row.
 fn run(workers: usize, reads: &[(u64, Ev)]) -> Output {
-    let reads: Vec<(u64, Ev, Observation)> = reads
-        .iter()
-        .map(|(t, ev)| (*t, ev.clone(), ev.observation()))
-        .collect();
-    let kept = Arc::new(Mutex::new(Vec::new()));
-    let finals = Arc::new(Mutex::new(Vec::new()));
-    let (k, f) = (Arc::clone(&kept), Arc::clone(&finals));
-    timely::execute(timely::Config::process(workers), move |worker| {
-        let spec = RollupSpec {
-            windows: Window::ALL.to_vec(),
-            grace_ms: GRACE_MS,
-            per_event_type: true,
-        };
-        let counters = OperatorCounters::default();
-        let mut input = InputHandle::new();
-        let mut ticks = InputHandle::new();
-        let probe = ProbeHandle::new();
-        let (k, f) = (Arc::clone(&k), Arc::clone(&f));
-        worker.dataflow::<u64, _, _>(|scope| {
-            let out = tally_topologies::product_analytics(
-                input.to_stream(scope),
-                ticks.to_stream(scope),
-                &spec,
-                &counters,
-            );
-            out.kept
-                .inspect_core(move |event| {
-                    if let Ok((stamp, batch)) = event {
-                        assert_eq!(stamp.elements().len(), 1, "one time per batch");
-                        let time = stamp.elements()[0];
-                        let mut kept = k.lock().expect("kept lock");
-                        kept.extend(batch.iter().map(|o: &Observation| (time, o.clone())));
-                    }
-                })
-                .probe_with(&probe);
-            out.rollups
-                .inspect(move |row: &RollupRow| {
-                    if row.is_final {
-                        f.lock().expect("finals lock").push(row.clone());
-                    }
-                })
-                .probe_with(&probe);
-        });
-        let (index, peers) = (worker.index(), worker.peers());
-        for (read_time, ev, obs) in &reads {
-            if usize::from(ev.user) % peers != index {
-                continue;
-            }
-            if *read_time > *input.time() {
-                input.advance_to(*read_time);
-                ticks.advance_to(*read_time);
-            }
-            input.send((obs.clone(), obs.clone()));
-        }
-        drop(input);
-        drop(ticks);
-        while !probe.done() {
-            worker.step();
-        }
-    })
-    .expect("timely runs")
-    .join()
-    .into_iter()
-    .for_each(|r| r.expect("worker finishes"));
-    let finals = finals.lock().expect("finals lock").clone();
-    let kept = kept.lock().expect("kept lock").clone();
-    Output { finals, kept }
+    let mut script = Script::new();
+    for (read_time, ev) in reads {
+        script.watermark(*read_time);
+        script.event(u32::from(ev.user), ev.observation());
+    }
+    let config = kit::Config {
+        grace_ms: GRACE_MS,
+        ..kit::Config::workers(workers)
+    };
+    let out = kit::run(&script, &[product_analytics()], &config);
+    Output {
+        finals: out
+            .rows
+            .into_iter()
+            .map(|(_, row)| row)
+            .filter(|row| row.is_final)
+            .collect(),
+        kept: out
+            .kept
+            .into_iter()
+            .map(|k| (k.read_time, k.observation))
+            .collect(),
+    }
 }
 
 fn key_of(row: &RollupRow) -> Key {
-    (
-        row.key.window.millis(),
-        row.key.start_ms,
-        row.key.event_type.clone(),
-    )
+    let len = match &*row.window {
+        "1m" => MINUTE,
+        "1h" => HOUR,
+        "1d" => DAY,
+        other => panic!("unexpected window {other}"),
+    };
+    let event_type = (!row.dimension.is_empty()).then(|| row.value.clone());
+    (len, row.start_ms, event_type)
 }
 
 /// The final rows as a map; every aggregate has exactly one final row.
 fn final_rows(finals: &[RollupRow]) -> BTreeMap<Key, Agg> {
     let mut rows = BTreeMap::new();
     for row in finals {
+        let v = |i: usize| row.values[i].as_f64() as u64;
         let agg = Agg {
-            events: row.events,
-            unique_users: row.unique_users,
-            unique_sessions: row.unique_sessions,
-            unique_event_types: row.unique_event_types,
+            events: v(0),
+            unique_users: v(1),
+            unique_sessions: v(2),
+            unique_event_types: v(3),
         };
         let previous = rows.insert(key_of(row), agg);
-        assert!(previous.is_none(), "two final rows for {:?}", row.key);
+        assert!(previous.is_none(), "two final rows for {:?}", key_of(row));
     }
     rows
 }
 
-/// The windows the sink marks dirty: every late window of every kept copy, at its read time.
-fn marks(kept: &[(u64, Observation)]) -> BTreeSet<(Window, u64)> {
+/// The windows the sink marks dirty: every late window of every kept copy, at its read time,
+/// as (window length ms, start).
+fn marks(kept: &[(u64, Observation)]) -> BTreeSet<(u64, u64)> {
+    let topology = product_analytics();
     kept.iter()
-        .flat_map(|(time, o)| late_windows(&Window::ALL, o.ts_ms, *time, GRACE_MS))
+        .flat_map(|(time, o)| late_windows(&topology, o.ts_ms, *time, GRACE_MS))
+        .map(|(table, window, start)| {
+            assert_eq!(table, RowTable::Windows);
+            let len = match window.as_str() {
+                "1m" => MINUTE,
+                "1h" => HOUR,
+                _ => DAY,
+            };
+            (len, start)
+        })
         .collect()
 }
 
@@ -232,15 +202,21 @@ enum Recompute {
     /// of one id are judged by one dedup worker, in read order, so the first captured is the
     /// first read.
     FirstCopyPerId,
+    /// As `FirstCopyPerId`, recomputed with `tally_operators::aggregate::window_rows` (what
+    /// the correction job runs) instead of by brute force.
+    WindowRows,
 }
 
 /// The settled rollups: the final rows, where every row (all events and every event type) of
 /// every marked window is replaced by a brute-force recompute from the kept copies in it.
 fn settle(out: &Output, recompute: Recompute) -> BTreeMap<Key, Agg> {
     let mut rows = final_rows(&out.finals);
-    for (window, start) in marks(&out.kept) {
-        let len = window.millis();
+    for (len, start) in marks(&out.kept) {
         rows.retain(|(l, s, _), _| (*l, *s) != (len, start));
+        if recompute == Recompute::WindowRows {
+            rows.extend(recompute_with_window_rows(&out.kept, len, start));
+            continue;
+        }
         let mut ids = BTreeSet::new();
         let mut sets: BTreeMap<Option<String>, Sets> = BTreeMap::new();
         for (_, o) in out
@@ -259,6 +235,38 @@ fn settle(out: &Output, recompute: Recompute) -> BTreeMap<Key, Agg> {
         }
     }
     rows
+}
+
+/// The rows of one window (length `len`, start `start`) recomputed from the first kept copy of
+/// each id in it with `window_rows`.
+fn recompute_with_window_rows(
+    kept: &[(u64, Observation)],
+    len: u64,
+    start: u64,
+) -> Vec<(Key, Agg)> {
+    let topology = product_analytics();
+    let mut ids = BTreeSet::new();
+    let points: Vec<Point> = kept
+        .iter()
+        .filter(|(_, o)| o.ts_ms / len * len == start && ids.insert(o.event_id))
+        .filter_map(|(_, o)| Point::project(&topology, o))
+        .collect();
+    let window_rows = window_rows(&topology, &points);
+    window_rows
+        .iter()
+        .map(|row| (key_of(row), row))
+        .filter(|((l, s, _), _)| (*l, *s) == (len, start))
+        .map(|(key, row)| {
+            let v = |i: usize| row.values[i].as_f64() as u64;
+            let agg = Agg {
+                events: v(0),
+                unique_users: v(1),
+                unique_sessions: v(2),
+                unique_event_types: v(3),
+            };
+            (key, agg)
+        })
+        .collect()
 }
 
 /// The naive model: the unique events (first copy read of each id), every window and event
@@ -384,8 +392,10 @@ proptest! {
         let expected = oracle(&reads);
         for workers in [1, 2] {
             let out = run(workers, &reads);
-            let wrong = differences(&settle(&out, Recompute::FirstCopyPerId), &expected);
-            prop_assert!(wrong.is_empty(), "{} workers, settled vs model: {:?}", workers, wrong);
+            for recompute in [Recompute::FirstCopyPerId, Recompute::WindowRows] {
+                let wrong = differences(&settle(&out, recompute), &expected);
+                prop_assert!(wrong.is_empty(), "{} workers, {:?}, settled vs model: {:?}", workers, recompute, wrong);
+            }
             if marks(&out.kept).is_empty() {
                 let wrong = differences(&final_rows(&out.finals), &expected);
                 prop_assert!(wrong.is_empty(), "{} workers, finals vs model: {:?}", workers, wrong);
@@ -421,22 +431,14 @@ fn final_rows_alone_miss_a_week_late_event() {
         let out = run(workers, &reads);
         let late: BTreeSet<_> = marks(&out.kept);
         let day3 = BASE + 3 * DAY;
-        let want: BTreeSet<_> = [
-            (Window::Minute, day3),
-            (Window::Hour, day3),
-            (Window::Day, day3),
-            (Window::Minute, noon),
-        ]
-        .into();
+        let want: BTreeSet<_> = [(MINUTE, day3), (HOUR, day3), (DAY, day3), (MINUTE, noon)].into();
         assert_eq!(late, want, "{workers} workers");
         assert_ne!(final_rows(&out.finals), expected, "{workers} workers");
         let day_row = final_rows(&out.finals)[&(DAY, day3, None)].clone();
         assert_eq!(day_row.events, 1, "{workers} workers");
-        assert_eq!(
-            settle(&out, Recompute::FirstCopyPerId),
-            expected,
-            "{workers} workers"
-        );
+        for recompute in [Recompute::FirstCopyPerId, Recompute::WindowRows] {
+            assert_eq!(settle(&out, recompute), expected, "{workers} workers");
+        }
         assert_eq!(expected[&(DAY, day3, None)].events, 2);
         assert_eq!(expected[&(DAY, day3, None)].unique_event_types, 2);
     }
@@ -473,7 +475,11 @@ fn re_sends_of_an_event_read_days_late_count_once() {
             2,
             "{workers} workers: one copy of each id kept"
         );
-        for recompute in [Recompute::EveryKeptCopy, Recompute::FirstCopyPerId] {
+        for recompute in [
+            Recompute::EveryKeptCopy,
+            Recompute::FirstCopyPerId,
+            Recompute::WindowRows,
+        ] {
             let settled = settle(&out, recompute);
             assert_eq!(settled[&(DAY, BASE, None)].events, 1, "{workers} workers");
             assert!(!settled.contains_key(&(DAY, BASE + 2 * DAY, None)));
@@ -513,7 +519,7 @@ fn a_read_at_the_close_time_is_late_and_one_just_before_is_not() {
     let expected = oracle(&reads);
     for workers in [1, 2] {
         let out = run(workers, &reads);
-        let want: BTreeSet<_> = [(Window::Minute, noon)].into();
+        let want: BTreeSet<_> = [(MINUTE, noon)].into();
         assert_eq!(marks(&out.kept), want, "{workers} workers");
         let finals = final_rows(&out.finals);
         assert_eq!(finals[&(MINUTE, noon, None)].events, 1, "{workers} workers");
