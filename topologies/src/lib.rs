@@ -5,6 +5,8 @@
 //! default), overall and per event type. The kept copies are also what is stored raw, so the
 //! raw events and the rollups count the same copy of every event.
 
+pub mod file;
+
 use tally_operators::{Dedup, Observation, OperatorCounters, Rollup, RollupRow, RollupSpec};
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::vec::Map;
