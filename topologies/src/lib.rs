@@ -8,6 +8,7 @@
 
 mod dataflow;
 pub mod kit;
+pub mod file;
 
 pub use dataflow::{build, Outputs};
 
