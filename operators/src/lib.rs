@@ -13,6 +13,7 @@ mod observation;
 mod point;
 pub mod reference;
 mod rollup;
+mod session;
 mod window;
 
 pub use dedup::{Dedup, DedupHorizon, Identified};
@@ -20,4 +21,5 @@ pub use hashing::{hash128, hash64, IdSet};
 pub use observation::{Observation, OperatorCounters};
 pub use point::Point;
 pub use rollup::{Rollup, RollupRow, RollupSpec, WindowKey};
+pub use session::{session_rows, SessionRollup};
 pub use window::{late_windows, settled_after, Window};

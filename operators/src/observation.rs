@@ -1,7 +1,8 @@
 //! What the window operators see of an event.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,7 @@ pub struct OperatorCounters(Arc<Inner>);
 struct Inner {
     late: [AtomicU64; 3],
     duplicates: AtomicU64,
+    late_sessions: Mutex<BTreeMap<String, u64>>,
 }
 
 impl OperatorCounters {
@@ -57,5 +59,27 @@ impl OperatorCounters {
     /// Duplicate events dropped so far.
     pub fn duplicates(&self) -> u64 {
         self.0.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Adds `n` events that were late for `topology`'s sessions
+    /// ([`tally_core::SessionSpec::is_late`]; replays excepted): not applied, their session
+    /// windows are corrected from the raw events.
+    pub fn add_late_sessions(&self, topology: &str, n: u64) {
+        let mut counts = self
+            .0
+            .late_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *counts.entry(topology.to_owned()).or_default() += n;
+    }
+
+    /// Events late for `topology`'s sessions so far.
+    pub fn late_sessions(&self, topology: &str) -> u64 {
+        let counts = self
+            .0
+            .late_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts.get(topology).copied().unwrap_or(0)
     }
 }
