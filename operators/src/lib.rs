@@ -17,6 +17,7 @@ mod hashing;
 mod observation;
 mod point;
 mod rollup;
+mod session;
 mod window;
 
 pub use accumulate::{accumulator, Accumulator, Layout};
@@ -26,3 +27,4 @@ pub use observation::{Observation, OperatorCounters};
 pub use point::Point;
 pub use rollup::WindowRollup;
 pub use window::{late_windows, settled_after};
+pub use session::{session_rows, SessionRollup};
