@@ -215,6 +215,7 @@ impl Event {
             event_type: self.event_type.clone(),
             user: hash128(&self.user_id),
             session: self.session_id.as_deref().map(hash128),
+            metadata: std::sync::Arc::new(self.metadata.clone()),
             replayed,
         }
     }

@@ -161,10 +161,19 @@ pub fn stack(tag: &str) -> Stack {
             clickhouse,
             postgres,
             pipeline,
+            topologies: shipped_topologies(),
         },
         api: String::new(),
         http: reqwest::Client::new(),
     }
+}
+
+/// The topologies shipped in `topologies/*.toml` (`product_analytics` and `web_sessions`): every
+/// end-to-end test runs both, side by side, as `tally run` does by default.
+pub fn shipped_topologies() -> Vec<tally_core::Topology> {
+    tally_topologies::file::shipped()
+        .map(|files| files.into_iter().map(|f| f.topology).collect())
+        .unwrap_or_else(|e| panic!("the shipped topology files do not load: {e}"))
 }
 
 pub fn start_pipeline(
@@ -187,8 +196,7 @@ pub fn job_settings(settings: &PipelineSettings) -> tally_jobs::JobSettings {
     tally_jobs::JobSettings {
         clickhouse: settings.clickhouse.clone(),
         pipeline: settings.pipeline.name.clone(),
-        topology: tally_sinks::postgres::ledger::DEFAULT_TOPOLOGY.to_owned(),
-        windows: tally_pipeline::WINDOWS.to_vec(),
+        topologies: settings.topologies.clone(),
         grace_ms: settings.pipeline.grace_ms,
         retention_check_secs: settings.pipeline.retention_check_secs,
         concurrency: 2,
