@@ -10,7 +10,7 @@ mod schema;
 
 pub use config::PostgresConfig;
 pub use lease::{acquire as acquire_lease, Lease};
-pub use progress::{load_progress, save_progress, PartitionProgress, Progress};
+pub use progress::{acked_frontier, load_progress, save_progress, PartitionProgress, Progress};
 pub use schema::{migrate, pending_migrations};
 
 /// Opens a connection pool.
