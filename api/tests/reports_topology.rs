@@ -520,3 +520,111 @@ async fn field_aggregates(state: &AppState) {
     );
     assert_eq!(body["metric"], "avg(metadata.price)");
 }
+
+fn chdb_available() -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", "import chdb"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The same read SQL on a *current* ClickHouse (26.x, in-process through
+/// `tests/current_clickhouse.py` and PyPI `chdb-core`) over the same rows: 18.16 and current
+/// releases must agree.
+#[test]
+fn report_sql_runs_on_current_clickhouse() {
+    use std::io::Write as _;
+    use tally_core::{Component, FieldPath};
+    use tally_sinks::clickhouse::read::{self, WindowRange};
+    if !chdb_available() {
+        assert!(
+            std::env::var("TALLY_E2E").as_deref() != Ok("1"),
+            "python3 cannot import chdb: `pip install chdb-core` (deploy/local/test.sh does)"
+        );
+        eprintln!("skipping report_sql_runs_on_current_clickhouse: python3 cannot import chdb");
+        return;
+    }
+    let client = clickhouse::Client::default();
+    let mut setup = vec![
+        "CREATE DATABASE IF NOT EXISTS t".to_owned(),
+        "USE t".to_owned(),
+    ];
+    for t in [common::product_analytics(), common::web_sessions(), shop()] {
+        for table in [RowTable::Windows, RowTable::Sessions] {
+            if t.has(table) {
+                setup.push(create_table(&t, table));
+            }
+        }
+    }
+    setup.extend(rows());
+    let s0 = T0 / 1000;
+    let hop = WindowRange {
+        table: "rollups_web_sessions_sessions",
+        window: "1h_15m",
+        from_s: s0,
+        to_s: s0 + 3_600,
+    };
+    let bounce = [Component::Sessions, Component::BouncedSessions];
+    let sql = |q: Result<clickhouse::query::Query, tally_sinks::SinkError>| {
+        q.expect("valid").sql_display().to_string()
+    };
+    let p = "metadata.platform";
+    let price = FieldPath::parse("metadata.price").expect("path");
+    let max = [
+        Component::FieldMax(price.clone()),
+        Component::FieldCount(price),
+    ];
+    let shop_range = WindowRange {
+        table: "rollups_shop",
+        window: "1h",
+        from_s: s0,
+        to_s: s0 + 3_600,
+    };
+    let groups = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // Worked out as in `reports_read_topology_tables_on_clickhouse`.
+    let (m15, m45) = (s0 + 900, s0 + 2_700);
+    let checks = json!([
+        {"sql": sql(read::series(&client, &hop, &bounce, "", "")),
+         "expect": format!("{s0},\"[4,1]\"\n{m15},\"[3,2]\"\n{m45},\"[0,0]\"\n")},
+        {"sql": sql(read::top_groups(&client, &hop, &bounce, p, 0, 2)),
+         "expect": "\"ios\",3\n\"web\",3\n"},
+        {"sql": sql(read::grouped_series(&client, &hop, &bounce, p, &groups(&["ios", "web"]))),
+         "expect": format!(
+             "{s0},\"__other__\",\"[2,1]\"\n{s0},\"ios\",\"[2,1]\"\n{s0},\"web\",\"[1,0]\"\n\
+              {m15},\"__other__\",\"[1,0]\"\n{m15},\"ios\",\"[1,1]\"\n{m15},\"web\",\"[2,0]\"\n")},
+        {"sql": sql(read::grouped_series(&client, &hop, &bounce, p, &[])),
+         "expect": format!("{s0},\"__other__\",\"[5,2]\"\n{m15},\"__other__\",\"[4,1]\"\n")},
+        {"sql": sql(read::top_groups(&client, &shop_range, &max, "event_type", 1, 2)),
+         "expect": "\"gift\",4\n\"buy\",2\n"},
+        {"sql": sql(read::grouped_series(&client, &shop_range, &max, "event_type",
+                    &groups(&["gift", "buy"]))),
+         "expect": format!(
+             "{s0},\"__other__\",\"[-3,1]\"\n{s0},\"buy\",\"[50.5,2]\"\n{s0},\"gift\",\"[-1,4]\"\n")},
+    ]);
+    let plan = json!({"setup": setup, "checks": checks});
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/current_clickhouse.py"
+    );
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(plan.to_string().as_bytes())
+        .expect("plan");
+    let out = child.wait_with_output().expect("output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.matches("\nok:").count(),
+        6,
+        "not every check ran:\n{text}"
+    );
+}
