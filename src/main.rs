@@ -333,13 +333,18 @@ fn run_all(config: &TallyConfig, runtime: &tokio::runtime::Runtime) -> anyhow::R
     result.and(served).and(worked)
 }
 
-async fn app_state(config: &TallyConfig) -> anyhow::Result<AppState> {
+async fn app_state(config: &TallyConfig, topologies: &[tally_core::Topology]) -> anyhow::Result<AppState> {
     let producer = tally_pipeline::kafka::producer_config(&config.kafka)
         .create()
         .context("creating the kafka producer")?;
     Ok(AppState {
         config: Arc::new(config.api.clone()),
-        kafka: Arc::new(config.kafka.clone()),
+        kafka: Arc::new(tally_api::KafkaTarget {
+            topic: config.kafka.topic.clone(),
+            produce_timeout_ms: config.kafka.produce_timeout_ms,
+            max_message_bytes: config.kafka.max_message_bytes,
+        }),
+        topologies: Arc::new(topologies.to_vec()),
         producer,
         clickhouse: tally_sinks::clickhouse::connect(&config.clickhouse, true),
         postgres: tally_sinks::postgres::connect(&config.postgres).await?,

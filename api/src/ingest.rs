@@ -16,11 +16,10 @@ use futures::future::join_all;
 use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 use serde_json::Value;
-use tally_pipeline::event::{Clock, Event, Invalid};
-use tally_pipeline::kafka::{KafkaConfig, ProduceFailure};
-use tally_pipeline::metrics::Metrics;
+use tally_core::event::{Clock, Event, Invalid};
 
-use crate::{ApiConfig, ApiError, AppState};
+use crate::metrics::Metrics;
+use crate::{ApiConfig, ApiError, AppState, KafkaTarget, ProduceFailure};
 
 /// An event that was not written, with its 0-based index in the request.
 #[derive(Clone, Debug, Serialize)]
@@ -77,7 +76,7 @@ pub struct BodyLimits {
 
 impl BodyLimits {
     /// The limits of these settings.
-    pub fn new(api: &ApiConfig, kafka: &KafkaConfig) -> BodyLimits {
+    pub fn new(api: &ApiConfig, kafka: &KafkaTarget) -> BodyLimits {
         BodyLimits {
             max_decompressed_bytes: api.max_decompressed_bytes,
             max_batch_events: api.max_batch_events,

@@ -1,14 +1,18 @@
-//! Tally's HTTP API: event ingest, reports, health and metrics.
+//! Tally's HTTP API: event ingest, reports, topologies, health and metrics.
 //!
 //! [`router`] builds the whole application without touching a socket, so tests can call it
-//! directly; [`serve`] runs it on a listener the caller bound.
+//! directly; [`serve`] runs it on a listener the caller bound. It depends on `tally_core` (the
+//! event contract, topologies) and `tally_sinks` (stores and their read queries) only.
 
 mod config;
 mod error;
 pub mod ingest;
+mod kafka;
+pub mod metrics;
 pub mod queries;
 pub mod reports;
 mod state;
+pub mod topologies;
 
 use std::future::Future;
 
@@ -20,6 +24,7 @@ use axum::Router;
 
 pub use config::ApiConfig;
 pub use error::ApiError;
+pub use kafka::{KafkaTarget, ProduceFailure};
 pub use state::AppState;
 
 /// The application: every route, no I/O until a request arrives.
@@ -32,9 +37,11 @@ pub fn router(state: AppState) -> Router {
         .route("/reports/", get(reports::get_report))
         .route("/reports/summary", get(reports::get_summary))
         .route("/reports/summary/", get(reports::get_summary))
+        .route("/topologies", get(topologies::get_topologies))
+        .route("/topologies/", get(topologies::get_topologies))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(prometheus_text))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(error::json_errors))
@@ -60,10 +67,7 @@ pub async fn serve(
 /// Liveness: 200 while the process serves, with the pipeline's state (when this process runs
 /// one): `{"status": "ok", "pipeline": {"state": "running", "since_ms": ..}}`.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    let pipeline = state
-        .pipeline
-        .as_ref()
-        .map(tally_pipeline::Health::snapshot);
+    let pipeline = state.pipeline.as_ref().map(tally_core::Health::snapshot);
     axum::Json(serde_json::json!({ "status": "ok", "pipeline": pipeline }))
 }
 
@@ -79,7 +83,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         axum::Json(serde_json::json!({ "status": "ready", "pipeline": snapshot })).into_response()
     } else {
         let body = serde_json::json!({
-            "error": format!("pipeline is {}", serde_json::to_value(snapshot.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
+            "error": format!("pipeline is {}", snapshot.state.name()),
             "pipeline": snapshot,
         });
         (
@@ -93,10 +97,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// A router serving only `GET /metrics` (Prometheus text of the default registry), for
 /// processes without the API (`tally worker --metrics-listen`).
 pub fn metrics_router() -> Router {
-    Router::new().route("/metrics", get(metrics))
+    Router::new().route("/metrics", get(prometheus_text))
 }
 
-async fn metrics() -> Response {
+async fn prometheus_text() -> Response {
     let families = prometheus::default_registry().gather();
     match prometheus::TextEncoder::new().encode_to_string(&families) {
         Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
@@ -110,7 +114,7 @@ async fn count_requests(request: Request, next: Next) -> Response {
         |p| p.as_str().trim_end_matches('/').to_owned(),
     );
     let response = next.run(request).await;
-    tally_pipeline::metrics::Metrics::get()
+    metrics::Metrics::get()
         .http_requests
         .with_label_values(&[route.as_str(), response.status().as_str()])
         .inc();

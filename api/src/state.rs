@@ -3,18 +3,19 @@
 use std::sync::Arc;
 
 use rdkafka::producer::FutureProducer;
-use tally_pipeline::kafka::KafkaConfig;
+use tally_core::{Health, Topology};
 
-use crate::ApiConfig;
+use crate::{ApiConfig, KafkaTarget};
 
 /// What handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     /// `[api]`.
     pub config: Arc<ApiConfig>,
-    /// Topic names and timeouts.
-    pub kafka: Arc<KafkaConfig>,
-    /// Idempotent, acks=all producer.
+    /// Topic name, produce timeout and record-size limit of `POST /events`.
+    pub kafka: Arc<KafkaTarget>,
+    /// Idempotent, acks=all producer (the binary builds it with
+    /// `tally_pipeline::kafka::producer_config`).
     pub producer: FutureProducer,
     /// ClickHouse client with the database selected.
     pub clickhouse: clickhouse::Client,
@@ -29,5 +30,9 @@ pub struct AppState {
     /// The state of the pipeline running in this process (`tally all`); `None` when the API
     /// runs alone (`tally serve`). `/healthz` shows it, `/readyz` answers 503 unless it is
     /// `running`.
-    pub pipeline: Option<tally_pipeline::Health>,
+    pub pipeline: Option<Health>,
+    /// The topologies `/reports` and `/topologies` answer for, in the order `/topologies` lists
+    /// them, with their table names as currently stored (the binary resolves versioned tables
+    /// before building the state).
+    pub topologies: Arc<Vec<Topology>>,
 }

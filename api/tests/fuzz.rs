@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use serde_json::{Map, Value};
 use tally_api::ingest::{parse_body, Batch, BodyLimits};
 use tally_api::ApiError;
-use tally_pipeline::event::{Clock, Event};
+use tally_core::event::{record_bytes, Clock, Event};
 
 const NOW: u64 = 1_710_324_000_000; // 2024-03-13T10:00:00Z
 const CLOCK: Clock = Clock {
@@ -57,7 +57,7 @@ fn check(result: Result<Batch, ApiError>, limits: BodyLimits) -> Result<(), Test
             let expected: Vec<usize> = (0..indexes.len()).collect();
             prop_assert_eq!(indexes, expected);
             for r in &batch.records {
-                let bytes = tally_pipeline::kafka::record_bytes(r.key.len(), r.payload.len());
+                let bytes = record_bytes(r.key.len(), r.payload.len());
                 prop_assert!(bytes <= limits.max_message_bytes);
             }
             for r in &batch.rejected {

@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use common::{call_with, get, now_ms, post, state, state_with, unreachable_kafka};
 use serde_json::Value;
 use tally_api::ApiConfig;
-use tally_pipeline::event::{Clock, Event};
-use tally_pipeline::kafka::{record_bytes, KafkaConfig};
+use tally_api::KafkaTarget;
+use tally_core::event::{record_bytes, Clock, Event};
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -107,7 +107,7 @@ async fn an_oversized_event_is_a_400_reason_and_never_produced() {
 #[tokio::test]
 async fn the_record_limit_counts_json_plus_key_plus_overhead() {
     let limit = 2048;
-    let kafka = KafkaConfig {
+    let kafka = KafkaTarget {
         max_message_bytes: limit,
         ..unreachable_kafka()
     };

@@ -97,7 +97,9 @@ pub async fn correct_pending(
         oldest_waiting_ms: i64::MAX,
         ..CorrectionReport::default()
     };
-    let frontier = tally_sinks::postgres::acked_frontier(pool, &settings.pipeline).await?;
+    let frontier = tally_sinks::postgres::acked_frontier(pool, &settings.pipeline)
+        .await?
+        .unwrap_or(0);
     for topology in &settings.topologies {
         correct_topology(settings, pool, clickhouse, topology, frontier, &mut report).await?;
     }

@@ -39,7 +39,8 @@ impl TaskHandler for Rebuild {
                 .ok_or_else(|| format!("rebuild {id} does not exist"))?;
             let frontier = tally_sinks::postgres::acked_frontier(&pool, &s.pipeline)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+                .unwrap_or(0);
             let to = u64::try_from(record.to_ms).unwrap_or(0);
             let mut day = u64::try_from(record.done_until_ms).unwrap_or(0);
             let mut rows = record.rows_written;

@@ -1,227 +1,38 @@
-//! The event contract (see `docs/events.md`): parsing, validation and canonical forms.
-//!
-//! The HTTP API and the Kafka source share this code, so an event is valid on one path exactly
-//! when it is valid on the other.
+//! The event contract lives in `tally_core::event` (shared with the API and `tally import`);
+//! this module re-exports it and adds what needs the operators' and sinks' types: the
+//! observation the dataflow aggregates and the raw row ClickHouse stores.
 
-use chrono::DateTime;
-use serde_json::{Map, Value};
-use tally_operators::{hash128, Observation};
+use std::sync::Arc;
+
+use serde_json::Value;
+pub use tally_core::event::*;
+use tally_operators::Observation;
 use tally_sinks::clickhouse::EventRow;
 
-/// Longest `event_type`.
-pub const MAX_EVENT_TYPE_LEN: usize = 128;
-/// Longest `user_id`, `session_id` and `event_id`.
-pub const MAX_ID_LEN: usize = 256;
-/// How far in the future a timestamp may be.
-pub const MAX_FUTURE_MS: u64 = 86_400_000;
+/// What the pipeline derives from a valid [`Event`].
+pub trait EventExt {
+    /// What the operators need; `replayed` marks an event read again after a restart. The
+    /// metadata is shared with the event, not copied.
+    fn observation(&self, replayed: bool) -> Observation;
 
-/// The fields of the event contract; any other top-level key is refused.
-pub const FIELDS: [&str; 6] = [
-    "event_id",
-    "event_type",
-    "user_id",
-    "session_id",
-    "timestamp",
-    "metadata",
-];
-
-/// A valid event.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Event {
-    /// The producer's id, or one assigned at ingest.
-    pub event_id: String,
-    /// Non-empty, at most 128 characters.
-    pub event_type: String,
-    /// Non-empty, at most 256 characters.
-    pub user_id: String,
-    /// `None` when absent or empty.
-    pub session_id: Option<String>,
-    /// Event time, milliseconds since the Unix epoch.
-    pub ts_ms: u64,
-    /// The metadata object (empty when absent).
-    pub metadata: Map<String, Value>,
+    /// The raw row for ClickHouse.
+    fn row(&self, ingested_at_secs: u32, partition: i32, offset: i64) -> EventRow;
 }
 
-/// Why an event was rejected. The text is what producers see.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Invalid {
-    /// Not JSON at all.
-    #[error("not valid JSON: {0}")]
-    NotJson(String),
-    /// JSON, but not an object.
-    #[error("an event must be a JSON object")]
-    NotObject,
-    /// A field outside the contract.
-    #[error("unknown field `{0}` (put extra attributes in `metadata`)")]
-    UnknownField(String),
-    /// A required field is missing or null.
-    #[error("`{0}` is required")]
-    Missing(&'static str),
-    /// A field has the wrong JSON type.
-    #[error("`{0}` must be {1}")]
-    WrongType(&'static str, &'static str),
-    /// A string field is empty.
-    #[error("`{0}` must not be empty")]
-    Empty(&'static str),
-    /// A string field is too long.
-    #[error("`{0}` must be at most {1} characters")]
-    TooLong(&'static str, usize),
-    /// The timestamp does not parse.
-    #[error("`timestamp` must be an RFC 3339 string (e.g. 2024-03-13T10:00:00Z) or integer epoch milliseconds")]
-    BadTimestamp,
-    /// The timestamp is too far ahead.
-    #[error("`timestamp` is more than 1 day in the future")]
-    Future,
-    /// The timestamp is older than the retention period.
-    #[error("`timestamp` is older than the retention period ({0} days)")]
-    TooOld(u32),
-    /// The event's Kafka record would exceed `kafka.max_message_bytes`.
-    #[error("the event is {bytes} bytes as a Kafka record; the limit is {limit} bytes (shorten `metadata`)")]
-    TooLarge {
-        /// The record's size, counted as [`crate::kafka::record_bytes`] does.
-        bytes: usize,
-        /// `kafka.max_message_bytes`.
-        limit: usize,
-    },
-}
-
-impl Invalid {
-    /// A short, stable label for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Invalid::NotJson(_) => "not_json",
-            Invalid::NotObject => "not_object",
-            Invalid::UnknownField(_) => "unknown_field",
-            Invalid::Missing(_) => "missing_field",
-            Invalid::WrongType(..) => "wrong_type",
-            Invalid::Empty(_) => "empty_field",
-            Invalid::TooLong(..) => "too_long",
-            Invalid::BadTimestamp => "bad_timestamp",
-            Invalid::Future => "future_timestamp",
-            Invalid::TooOld(_) => "expired_timestamp",
-            Invalid::TooLarge { .. } => "too_large",
-        }
-    }
-}
-
-/// The time bounds an event must fall in.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    /// Now, milliseconds since the Unix epoch.
-    pub now_ms: u64,
-    /// Retention, days.
-    pub retention_days: u32,
-}
-
-impl Clock {
-    /// The wall clock, with `retention_days`.
-    pub fn wall(retention_days: u32) -> Clock {
-        let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
-        Clock {
-            now_ms,
-            retention_days,
-        }
-    }
-}
-
-impl Event {
-    /// Parses one event from JSON bytes; `default_id` supplies the id when the event has none.
-    pub fn parse(
-        bytes: &[u8],
-        clock: Clock,
-        default_id: impl FnOnce() -> String,
-    ) -> Result<Event, Invalid> {
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| Invalid::NotJson(e.to_string()))?;
-        Event::from_value(&value, clock, default_id)
-    }
-
-    /// Validates one event given as a JSON value.
-    pub fn from_value(
-        value: &Value,
-        clock: Clock,
-        default_id: impl FnOnce() -> String,
-    ) -> Result<Event, Invalid> {
-        let obj = value.as_object().ok_or(Invalid::NotObject)?;
-        if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(Invalid::UnknownField(unknown.clone()));
-        }
-        let event_type = required_str(obj, "event_type", MAX_EVENT_TYPE_LEN)?;
-        let user_id = required_str(obj, "user_id", MAX_ID_LEN)?;
-        let session_id = optional_str(obj, "session_id", MAX_ID_LEN)?.filter(|s| !s.is_empty());
-        let event_id = match optional_str(obj, "event_id", MAX_ID_LEN)? {
-            Some(id) if !id.is_empty() => id,
-            Some(_) => return Err(Invalid::Empty("event_id")),
-            None => default_id(),
-        };
-        let ts_ms = timestamp(obj.get("timestamp"))?;
-        if ts_ms > clock.now_ms.saturating_add(MAX_FUTURE_MS) {
-            return Err(Invalid::Future);
-        }
-        let oldest = clock
-            .now_ms
-            .saturating_sub(u64::from(clock.retention_days) * 86_400_000);
-        if ts_ms < oldest {
-            return Err(Invalid::TooOld(clock.retention_days));
-        }
-        let metadata = match obj.get("metadata") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m.clone(),
-            Some(_) => return Err(Invalid::WrongType("metadata", "a JSON object")),
-        };
-        Ok(Event {
-            event_id,
-            event_type,
-            user_id,
-            session_id,
-            ts_ms,
-            metadata,
-        })
-    }
-
-    /// The canonical JSON written to Kafka: every field present, timestamp in epoch ms.
-    pub fn to_json(&self) -> Vec<u8> {
-        let mut obj = Map::new();
-        obj.insert("event_id".into(), Value::from(self.event_id.clone()));
-        obj.insert("event_type".into(), Value::from(self.event_type.clone()));
-        obj.insert("user_id".into(), Value::from(self.user_id.clone()));
-        if let Some(s) = &self.session_id {
-            obj.insert("session_id".into(), Value::from(s.clone()));
-        }
-        obj.insert("timestamp".into(), Value::from(self.ts_ms));
-        obj.insert("metadata".into(), Value::Object(self.metadata.clone()));
-        Value::Object(obj).to_string().into_bytes()
-    }
-
-    /// [`Event::to_json`], refused when the record it makes (value plus the `user_id` key, see
-    /// [`crate::kafka::record_bytes`]) would exceed `max_message_bytes`.
-    pub fn to_json_within(&self, max_message_bytes: usize) -> Result<Vec<u8>, Invalid> {
-        let json = self.to_json();
-        let bytes = crate::kafka::record_bytes(self.user_id.len(), json.len());
-        if bytes > max_message_bytes {
-            return Err(Invalid::TooLarge {
-                bytes,
-                limit: max_message_bytes,
-            });
-        }
-        Ok(json)
-    }
-
-    /// What the window operators need; `replayed` marks an event read again after a restart.
-    pub fn observation(&self, replayed: bool) -> Observation {
+impl EventExt for Event {
+    fn observation(&self, replayed: bool) -> Observation {
         Observation {
             event_id: hash128(&self.event_id),
             ts_ms: self.ts_ms,
             event_type: self.event_type.clone(),
             user: hash128(&self.user_id),
             session: self.session_id.as_deref().map(hash128),
-            metadata: std::sync::Arc::new(self.metadata.clone()),
+            metadata: Arc::clone(&self.metadata),
             replayed,
         }
     }
 
-    /// The raw row for ClickHouse.
-    pub fn row(&self, ingested_at_secs: u32, partition: i32, offset: i64) -> EventRow {
+    fn row(&self, ingested_at_secs: u32, partition: i32, offset: i64) -> EventRow {
         EventRow {
             event_id: self.event_id.clone(),
             event_type: self.event_type.clone(),
@@ -229,7 +40,7 @@ impl Event {
             session_id: self.session_id.clone().unwrap_or_default(),
             timestamp: u32::try_from(self.ts_ms / 1000).unwrap_or(u32::MAX),
             timestamp_ms: i64::try_from(self.ts_ms).unwrap_or(i64::MAX),
-            metadata: Value::Object(self.metadata.clone()).to_string(),
+            metadata: Value::Object((*self.metadata).clone()).to_string(),
             ingested_at: ingested_at_secs,
             kafka_partition: partition,
             kafka_offset: offset,
@@ -237,187 +48,35 @@ impl Event {
     }
 }
 
-fn required_str(
-    obj: &Map<String, Value>,
-    field: &'static str,
-    max: usize,
-) -> Result<String, Invalid> {
-    let s = optional_str(obj, field, max)?.ok_or(Invalid::Missing(field))?;
-    if s.is_empty() {
-        return Err(Invalid::Empty(field));
-    }
-    Ok(s)
-}
-
-fn optional_str(
-    obj: &Map<String, Value>,
-    field: &'static str,
-    max: usize,
-) -> Result<Option<String>, Invalid> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.chars().count() > max => Err(Invalid::TooLong(field, max)),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Invalid::WrongType(field, "a string")),
-    }
-}
-
-fn timestamp(value: Option<&Value>) -> Result<u64, Invalid> {
-    match value {
-        None | Some(Value::Null) => Err(Invalid::Missing("timestamp")),
-        Some(Value::Number(n)) => n.as_u64().ok_or(Invalid::BadTimestamp),
-        Some(Value::String(s)) => {
-            let t = DateTime::parse_from_rfc3339(s).map_err(|_| Invalid::BadTimestamp)?;
-            u64::try_from(t.timestamp_millis()).map_err(|_| Invalid::BadTimestamp)
-        }
-        Some(_) => Err(Invalid::BadTimestamp),
-    }
-}
-
-/// A deterministic id for an event read from Kafka without one, so a replay yields the same id.
-pub fn id_from_position(topic: &str, partition: i32, offset: i64) -> String {
-    stable_id(&format!("{topic}/{partition}/{offset}"))
-}
-
-/// A UUID-formatted id derived from `key` alone (128-bit xxh3, RFC 4122 variant, custom
-/// version): the same key always gives the same id. Used for events that arrive without one.
-pub fn stable_id(key: &str) -> String {
-    let h = hash128(key);
-    uuid::Builder::from_u128(h)
-        .with_variant(uuid::Variant::RFC4122)
-        .with_version(uuid::Version::Custom)
-        .into_uuid()
-        .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const NOW: u64 = 1_710_324_000_000; // 2024-03-13T10:00:00Z
-    fn clock() -> Clock {
-        Clock {
-            now_ms: NOW,
+    #[test]
+    fn observation_and_row_carry_the_event() {
+        let clock = Clock {
+            now_ms: 1_710_324_000_000,
             retention_days: 365,
-        }
-    }
-    fn parse(json: &str) -> Result<Event, Invalid> {
-        Event::parse(json.as_bytes(), clock(), || "assigned".to_owned())
-    }
-
-    #[test]
-    fn accepts_both_timestamp_forms() {
-        let a = parse(
-            r#"{"event_type":"click","user_id":"u1","timestamp":"2024-03-13T09:00:00.250Z"}"#,
-        );
-        let b = parse(r#"{"event_type":"click","user_id":"u1","timestamp":1710320400250}"#);
-        assert_eq!(a.as_ref().map(|e| e.ts_ms), Ok(1_710_320_400_250));
-        assert_eq!(a, b);
-        assert_eq!(a.map(|e| e.event_id), Ok("assigned".to_owned()));
-    }
-
-    #[test]
-    fn offsets_in_rfc3339_are_honoured() {
-        let e =
-            parse(r#"{"event_type":"x","user_id":"u","timestamp":"2024-03-13T11:00:00+02:00"}"#);
-        assert_eq!(e.map(|e| e.ts_ms), Ok(1_710_320_400_000));
-    }
-
-    #[test]
-    fn rejections_name_the_field() {
-        let cases = [
-            (r#"[1]"#, Invalid::NotObject),
-            (
-                r#"{"user_id":"u","timestamp":1710320400000}"#,
-                Invalid::Missing("event_type"),
-            ),
-            (
-                r#"{"event_type":"","user_id":"u","timestamp":1710320400000}"#,
-                Invalid::Empty("event_type"),
-            ),
-            (
-                r#"{"event_type":"x","user_id":7,"timestamp":1710320400000}"#,
-                Invalid::WrongType("user_id", "a string"),
-            ),
-            (
-                r#"{"event_type":"x","user_id":"u","timestamp":"yesterday"}"#,
-                Invalid::BadTimestamp,
-            ),
-            (
-                r#"{"event_type":"x","user_id":"u","timestamp":-5}"#,
-                Invalid::BadTimestamp,
-            ),
-            (
-                r#"{"event_type":"x","user_id":"u"}"#,
-                Invalid::Missing("timestamp"),
-            ),
-            (
-                r#"{"event_type":"x","user_id":"u","timestamp":1710320400000,"extra":1}"#,
-                Invalid::UnknownField("extra".into()),
-            ),
-            (
-                r#"{"event_type":"x","user_id":"u","timestamp":1710320400000,"metadata":[1]}"#,
-                Invalid::WrongType("metadata", "a JSON object"),
-            ),
-        ];
-        for (json, want) in cases {
-            assert_eq!(parse(json), Err(want), "{json}");
-        }
-        let long = "x".repeat(129);
-        let json = format!(r#"{{"event_type":"{long}","user_id":"u","timestamp":1710320400000}}"#);
-        assert_eq!(parse(&json), Err(Invalid::TooLong("event_type", 128)));
-        assert!(matches!(parse("{nope"), Err(Invalid::NotJson(_))));
-    }
-
-    #[test]
-    fn time_bounds() {
-        let day = 86_400_000;
-        let at = |ts: u64| format!(r#"{{"event_type":"x","user_id":"u","timestamp":{ts}}}"#);
-        assert!(parse(&at(NOW + day)).is_ok());
-        assert_eq!(parse(&at(NOW + day + 1)), Err(Invalid::Future));
-        assert!(parse(&at(NOW - 365 * day)).is_ok());
-        assert_eq!(parse(&at(NOW - 365 * day - 1)), Err(Invalid::TooOld(365)));
-    }
-
-    #[test]
-    fn canonical_json_round_trips() {
-        let e = parse(r#"{"event_id":"e1","event_type":"click","user_id":"u1","session_id":"","timestamp":1710320400000,"metadata":{"a":1}}"#)
-            .expect("valid");
-        assert_eq!(e.session_id, None);
-        let again = Event::parse(&e.to_json(), clock(), || unreachable!()).expect("valid");
-        assert_eq!(again, e);
-    }
-
-    #[test]
-    fn records_over_the_size_limit_are_refused() {
-        let e = parse(
-            r#"{"event_id":"e1","event_type":"click","user_id":"u1","timestamp":1710320400000}"#,
+        };
+        let e = Event::parse(
+            br#"{"event_id":"e1","event_type":"click","user_id":"u1","session_id":"s1","timestamp":1710320400250,"metadata":{"platform":"ios"}}"#,
+            clock,
+            || unreachable!(),
         )
         .expect("valid");
-        let exact = crate::kafka::record_bytes(2, e.to_json().len());
-        assert_eq!(e.to_json_within(exact), Ok(e.to_json()));
+        let o = e.observation(true);
+        assert_eq!(o.event_id, tally_operators::hash128("e1"));
+        assert_eq!(o.user, tally_operators::hash128("u1"));
+        assert_eq!(o.session, Some(tally_operators::hash128("s1")));
+        assert!(Arc::ptr_eq(&o.metadata, &e.metadata));
+        assert_eq!(o.metadata["platform"], "ios");
+        assert!(o.replayed);
+        let r = e.row(7, 2, 9);
         assert_eq!(
-            e.to_json_within(exact - 1),
-            Err(Invalid::TooLarge {
-                bytes: exact,
-                limit: exact - 1
-            })
+            (r.timestamp, r.timestamp_ms),
+            (1_710_320_400, 1_710_320_400_250)
         );
-    }
-
-    #[test]
-    fn ids_from_position_are_stable_and_distinct() {
-        assert_eq!(
-            id_from_position("events", 0, 1),
-            id_from_position("events", 0, 1)
-        );
-        assert_ne!(
-            id_from_position("events", 0, 1),
-            id_from_position("events", 0, 2)
-        );
-        assert_ne!(
-            id_from_position("events", 0, 1),
-            id_from_position("events", 1, 1)
-        );
+        assert_eq!(r.metadata, r#"{"platform":"ios"}"#);
+        assert_eq!((r.kafka_partition, r.kafka_offset), (2, 9));
     }
 }

@@ -1,5 +1,6 @@
-//! Prometheus metrics: every name in one place. Registered in the default registry, which
-//! `GET /metrics` serves.
+//! Prometheus metrics of the pipeline: every name in one place. Registered in the default
+//! registry, which `GET /metrics` serves. (The API's own metrics, HTTP requests and ingest
+//! counts, are in `tally_api::metrics`; the jobs' in `tally_jobs::metrics`.)
 
 use std::sync::OnceLock;
 
@@ -27,12 +28,6 @@ pub const SINK_BATCH_ROWS: &str = "tally_sink_batch_rows";
 pub const SINK_BATCH_SECONDS: &str = "tally_sink_batch_seconds";
 /// Rows buffered or in flight to ClickHouse.
 pub const SINK_BACKLOG: &str = "tally_sink_backlog_rows";
-/// Events accepted by `POST /events`.
-pub const INGEST_ACCEPTED: &str = "tally_ingest_events_accepted_total";
-/// Events rejected by `POST /events`, by reason.
-pub const INGEST_REJECTED: &str = "tally_ingest_events_rejected_total";
-/// HTTP requests, by route and status.
-pub const HTTP_REQUESTS: &str = "tally_http_requests_total";
 /// Messages deleted by Kafka retention before the pipeline read them, skipped at startup
 /// (`pipeline.on_retention_gap = "skip"`), by partition.
 pub const RETENTION_GAP: &str = "tally_retention_gap_messages_total";
@@ -67,12 +62,6 @@ pub struct Metrics {
     pub sink_batch_seconds: HistogramVec,
     /// See [`SINK_BACKLOG`].
     pub sink_backlog: IntGauge,
-    /// See [`INGEST_ACCEPTED`].
-    pub ingest_accepted: IntCounter,
-    /// See [`INGEST_REJECTED`].
-    pub ingest_rejected: IntCounterVec,
-    /// See [`HTTP_REQUESTS`].
-    pub http_requests: IntCounterVec,
     /// See [`RETENTION_GAP`].
     pub retention_gap: IntCounterVec,
     /// See [`DLQ_PENDING`].
@@ -160,20 +149,6 @@ impl Metrics {
                 prometheus::exponential_buckets(0.001, 2.0, 16).unwrap_or_default(),
             ),
             sink_backlog: gauge(SINK_BACKLOG, "Rows buffered or in flight to ClickHouse."),
-            ingest_accepted: counter(
-                INGEST_ACCEPTED,
-                "Events accepted by POST /events (acknowledged by Kafka).",
-            ),
-            ingest_rejected: counter_vec(
-                INGEST_REJECTED,
-                "Events rejected by POST /events, by reason.",
-                &["reason"],
-            ),
-            http_requests: counter_vec(
-                HTTP_REQUESTS,
-                "HTTP requests, by route and status.",
-                &["route", "status"],
-            ),
             retention_gap: counter_vec(
                 RETENTION_GAP,
                 "Messages deleted by Kafka retention before they were read, skipped, by partition.",
@@ -197,17 +172,13 @@ mod tests {
     fn all_metrics_register_once() {
         let m = super::Metrics::get();
         m.events_read.inc();
-        m.http_requests.with_label_values(&["/test", "200"]).inc();
+        m.dlq.with_label_values(&["test"]).inc();
         let names: Vec<String> = prometheus::default_registry()
             .gather()
             .iter()
             .map(|f| f.name().to_owned())
             .collect();
-        for name in [
-            super::EVENTS_READ,
-            super::SINK_BACKLOG,
-            super::HTTP_REQUESTS,
-        ] {
+        for name in [super::EVENTS_READ, super::SINK_BACKLOG, super::DLQ] {
             assert!(names.iter().any(|n| n == name), "{name} not registered");
         }
     }

@@ -23,6 +23,7 @@ use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
+use crate::event::EventExt as _;
 use crate::health::{Failure, Health, PipelineState};
 use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;

@@ -394,7 +394,12 @@ pub fn setup(tag: &str) -> anyhow::Result<(tokio::runtime::Runtime, Stack)> {
         tally_sinks::postgres::migrate(&pool).await?;
         let state = AppState {
             config: Arc::new(ApiConfig::default()),
-            kafka: Arc::new(s.kafka.clone()),
+            kafka: Arc::new(tally_api::KafkaTarget {
+                topic: s.kafka.topic.clone(),
+                produce_timeout_ms: s.kafka.produce_timeout_ms,
+                max_message_bytes: s.kafka.max_message_bytes,
+            }),
+            topologies: Arc::new(s.topologies.clone()),
             producer: tally_pipeline::kafka::producer_config(&s.kafka).create()?,
             clickhouse: tally_sinks::clickhouse::connect(&s.clickhouse, true),
             postgres: pool,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use axum::body::{to_bytes, Body};
 use axum::http::{HeaderMap, Request, StatusCode};
 use serde_json::Value;
-use tally_api::{router, ApiConfig, AppState};
-use tally_pipeline::kafka::KafkaConfig;
+use tally_api::{router, ApiConfig, AppState, KafkaTarget};
+use tally_core::{Dimension, Metric, SessionSpec, Topology, WindowSpec};
 use tower::ServiceExt;
 
 /// A port nothing listens on.
@@ -17,17 +17,75 @@ pub fn closed_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
-/// Kafka settings pointing at a closed port; a produce fails after 500 ms.
-pub fn unreachable_kafka() -> KafkaConfig {
-    KafkaConfig {
-        brokers: format!("127.0.0.1:{}", closed_port()),
+/// Kafka settings for a producer whose brokers are a closed port; a produce fails after 500 ms.
+pub fn unreachable_kafka() -> KafkaTarget {
+    KafkaTarget {
+        topic: "events".into(),
         produce_timeout_ms: 500,
-        ..KafkaConfig::default()
+        max_message_bytes: 1_000_000,
     }
 }
 
+/// A producer set up as `tally_pipeline::kafka::producer_config` does, whose brokers are a
+/// closed port.
+pub fn unreachable_producer(kafka: &KafkaTarget) -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{}", closed_port()))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", kafka.produce_timeout_ms.to_string())
+        .set("message.max.bytes", kafka.max_message_bytes.to_string())
+        .create()
+        .expect("producer")
+}
+
+/// `product_analytics` as shipped: 1m, 1h, 1d; per event type; the four counts.
+pub fn product_analytics() -> Topology {
+    let mut b = Topology::builder("product_analytics")
+        .description("events and distinct counts per window, overall and per event type")
+        .table("rollups_product_analytics")
+        .dimension(Dimension::parse("event_type").expect("dimension"));
+    for (name, ms) in [("1m", 60_000), ("1h", 3_600_000), ("1d", 86_400_000)] {
+        b = b.window(WindowSpec::tumbling(name, ms));
+    }
+    for m in [
+        "events",
+        "unique_users",
+        "unique_sessions",
+        "unique_event_types",
+    ] {
+        b = b.metric(Metric::parse(m).expect("metric"));
+    }
+    b.build().expect("valid")
+}
+
+/// `web_sessions` as the issue describes it.
+pub fn web_sessions() -> Topology {
+    let mut b = Topology::builder("web_sessions")
+        .description("sessions by platform")
+        .window(WindowSpec::tumbling("1h", 3_600_000))
+        .window(WindowSpec::tumbling("1d", 86_400_000))
+        .window(WindowSpec::hopping("1h_15m", 3_600_000, 900_000))
+        .sessions(SessionSpec::default())
+        .dimension(Dimension {
+            max_values: 50,
+            ..Dimension::parse("metadata.platform").expect("dimension")
+        });
+    for m in [
+        "events",
+        "unique_users",
+        "sessions",
+        "bounce_rate",
+        "avg_session_duration_s",
+        "events_per_session",
+    ] {
+        b = b.metric(Metric::parse(m).expect("metric"));
+    }
+    b.build().expect("valid")
+}
+
 /// State with these settings and unreachable services.
-pub fn state_with(config: ApiConfig, kafka: KafkaConfig) -> AppState {
+pub fn state_with(config: ApiConfig, kafka: KafkaTarget) -> AppState {
     let clickhouse = tally_sinks::clickhouse::ClickHouseConfig {
         url: format!("http://127.0.0.1:{}", closed_port()),
         ..Default::default()
@@ -35,9 +93,7 @@ pub fn state_with(config: ApiConfig, kafka: KafkaConfig) -> AppState {
     let pg_url = format!("postgres://tally@127.0.0.1:{}/tally", closed_port());
     AppState {
         config: Arc::new(config),
-        producer: tally_pipeline::kafka::producer_config(&kafka)
-            .create()
-            .expect("producer"),
+        producer: unreachable_producer(&kafka),
         kafka: Arc::new(kafka),
         clickhouse: tally_sinks::clickhouse::connect(&clickhouse, true),
         postgres: sqlx::postgres::PgPoolOptions::new()
@@ -48,6 +104,7 @@ pub fn state_with(config: ApiConfig, kafka: KafkaConfig) -> AppState {
         grace_ms: 5_000,
         retention_days: 365,
         pipeline: None,
+        topologies: Arc::new(vec![product_analytics(), web_sessions()]),
     }
 }
 

@@ -1,4 +1,6 @@
-//! Kafka: settings, topic creation, and the clients the source and the API use.
+//! Kafka: settings, topic creation, and the clients the source, the dead-letter writer and the
+//! API use (the binary builds the API's producer with [`producer_config`]; how a failed produce
+//! is answered is `tally_api::ProduceFailure`).
 
 mod admin;
 mod config;
@@ -8,18 +10,9 @@ pub use config::{KafkaConfig, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES};
 
 use rdkafka::config::ClientConfig;
 
-/// Bytes a record needs beyond its key and value: the v2 record-batch header (61 bytes) plus
-/// librdkafka's worst-case record framing (36 bytes), rounded up for headroom.
-pub const RECORD_OVERHEAD_BYTES: usize = 128;
-
-/// What a record with this key and value (and no headers) counts against
-/// `kafka.max_message_bytes`: `key + value + RECORD_OVERHEAD_BYTES`. A record within the limit
-/// passes both the producer's `message.max.bytes` check and the topic's `max.message.bytes`.
-pub fn record_bytes(key_len: usize, value_len: usize) -> usize {
-    key_len
-        .saturating_add(value_len)
-        .saturating_add(RECORD_OVERHEAD_BYTES)
-}
+/// The record-size rule is part of the event contract (the API refuses an event whose record
+/// would not fit).
+pub use tally_core::event::{record_bytes, RECORD_OVERHEAD_BYTES};
 
 /// Base client settings for `config`.
 pub fn client_config(config: &KafkaConfig) -> ClientConfig {
@@ -42,77 +35,9 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// How a failed produce is answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProduceFailure {
-    /// The record is over a size limit: retrying the same record can never succeed.
-    TooLarge,
-    /// Kafka is unreachable or not ready (timeouts, transport, no leader, all brokers down):
-    /// retry later.
-    Unavailable,
-    /// Anything else (authorization, invalid request, a fatal producer state): not retryable
-    /// as is; details belong in the log.
-    Refused,
-}
-
-impl ProduceFailure {
-    /// Classifies a produce error.
-    pub fn of(error: &rdkafka::error::KafkaError) -> ProduceFailure {
-        use rdkafka::types::RDKafkaErrorCode as C;
-        match error.rdkafka_error_code() {
-            Some(C::MessageSizeTooLarge | C::MessageBatchTooLarge) => ProduceFailure::TooLarge,
-            Some(
-                C::MessageTimedOut
-                | C::RequestTimedOut
-                | C::OperationTimedOut
-                | C::TimedOutQueue
-                | C::AllBrokersDown
-                | C::BrokerTransportFailure
-                | C::BrokerNotAvailable
-                | C::NetworkException
-                | C::Resolve
-                | C::QueueFull
-                | C::LeaderNotAvailable
-                | C::NotLeaderForPartition
-                | C::ReplicaNotAvailable
-                | C::NotEnoughReplicas
-                | C::NotEnoughReplicasAfterAppend
-                | C::UnknownTopicOrPartition
-                | C::UnknownTopic
-                | C::UnknownPartition
-                | C::KafkaStorageError
-                | C::BrokerDestroy
-                | C::PurgeQueue
-                | C::PurgeInflight
-                | C::Retry,
-            )
-            | None => ProduceFailure::Unavailable,
-            Some(_) => ProduceFailure::Refused,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::error::KafkaError;
-    use rdkafka::types::RDKafkaErrorCode as C;
-
-    #[test]
-    fn too_large_is_never_unavailable() {
-        let of = |c| ProduceFailure::of(&KafkaError::MessageProduction(c));
-        assert_eq!(of(C::MessageSizeTooLarge), ProduceFailure::TooLarge);
-        assert_eq!(of(C::MessageBatchTooLarge), ProduceFailure::TooLarge);
-        for c in [
-            C::MessageTimedOut,
-            C::AllBrokersDown,
-            C::BrokerTransportFailure,
-        ] {
-            assert_eq!(of(c), ProduceFailure::Unavailable, "{c:?}");
-        }
-        assert_eq!(of(C::TopicAuthorizationFailed), ProduceFailure::Refused);
-        assert_eq!(of(C::InvalidRecord), ProduceFailure::Refused);
-    }
 
     #[test]
     fn producer_and_record_limits_follow_the_config() {

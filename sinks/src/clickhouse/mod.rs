@@ -1,10 +1,12 @@
-//! ClickHouse: connection, feature detection, schema migrations, row types and the batch writer.
+//! ClickHouse: connection, feature detection, schema migrations, row types, the batch writer and
+//! the read queries shared by the API and the jobs ([`read`]).
 //!
 //! Everything here runs on ClickHouse 18.16 (what Debian ships) and on current releases. What
 //! differs is detected by asking the server, never assumed from a version number.
 
 mod client;
 mod config;
+pub mod read;
 pub mod recompute;
 pub mod rollup_rows;
 mod rows;

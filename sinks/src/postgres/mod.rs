@@ -2,7 +2,6 @@
 //! ledger, job runs and rebuilds; the job queue is graphile_worker's schema).
 
 mod config;
-mod frontier;
 pub mod jobs;
 pub mod lease;
 pub mod ledger;
@@ -10,9 +9,8 @@ mod progress;
 mod schema;
 
 pub use config::PostgresConfig;
-pub use frontier::acked_frontier;
 pub use lease::{acquire as acquire_lease, Lease};
-pub use progress::{load_progress, save_progress, PartitionProgress, Progress};
+pub use progress::{acked_frontier, load_progress, save_progress, PartitionProgress, Progress};
 pub use schema::{migrate, pending_migrations};
 
 /// Opens a connection pool.

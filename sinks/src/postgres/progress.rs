@@ -43,12 +43,7 @@ pub async fn load_progress(pool: &PgPool, pipeline: &str) -> Result<Progress, Si
     .fetch_all(pool)
     .await
     .map_err(|e| SinkError::postgres("loading offsets", e))?;
-    let frontier: Option<i64> =
-        sqlx::query_scalar("SELECT acked_frontier_ms FROM pipeline_frontiers WHERE pipeline = $1")
-            .bind(pipeline)
-            .fetch_optional(pool)
-            .await
-            .map_err(|e| SinkError::postgres("loading the frontier", e))?;
+    let acked_frontier_ms = acked_frontier(pool, pipeline).await?;
     Ok(Progress {
         offsets: rows
             .into_iter()
@@ -62,8 +57,24 @@ pub async fn load_progress(pool: &PgPool, pipeline: &str) -> Result<Progress, Si
                 ((topic, partition), saved)
             })
             .collect(),
-        acked_frontier_ms: frontier.and_then(|f| u64::try_from(f).ok()),
+        acked_frontier_ms,
     })
+}
+
+/// The acknowledged frontier of `pipeline` (ms since the epoch): every output of a window that
+/// closed before it is in ClickHouse. `None` before the pipeline saved any progress (a stored
+/// negative value, which no pipeline writes, reads as `None` too). What `/reports` derives
+/// `complete_until` from and what the correction and rebuild jobs wait for.
+///
+/// Errors: [`SinkError::Postgres`] (retryable when PostgreSQL is unavailable).
+pub async fn acked_frontier(pool: &PgPool, pipeline: &str) -> Result<Option<u64>, SinkError> {
+    let frontier: Option<i64> =
+        sqlx::query_scalar("SELECT acked_frontier_ms FROM pipeline_frontiers WHERE pipeline = $1")
+            .bind(pipeline)
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| SinkError::postgres("reading the pipeline frontier", e))?;
+    Ok(frontier.and_then(|f| u64::try_from(f).ok()))
 }
 
 /// Saves offsets for some partitions of `topic` and raises the frontier (never lowers it), in

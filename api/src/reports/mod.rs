@@ -1,0 +1,185 @@
+//! `GET /reports` (a topology's rollup series, all events, one event type, or grouped by a
+//! dimension) and `GET /reports/summary` (exact totals over raw events).
+
+mod assemble;
+mod params;
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::Json;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use tally_core::WindowSpec;
+
+pub use assemble::{rank_component, value, Point, Series};
+pub use params::{
+    parse_report_query, ReportQuery, DEFAULT_LIMIT, DEFAULT_TOPOLOGY, GROUPED_POINTS_FACTOR,
+    MAX_LIMIT, MAX_TIME_MS,
+};
+
+use crate::{ApiError, AppState};
+
+/// The `/reports` answer, fields in the documented order: the query as understood, then
+/// `points` (ungrouped) or `series` (with `group_by`), never both.
+#[derive(Debug, Serialize)]
+pub struct ReportResponse {
+    topology: String,
+    metric: String,
+    unit: &'static str,
+    window: String,
+    window_size_s: u64,
+    slide_s: u64,
+    from: String,
+    to: String,
+    event_type: Option<String>,
+    group_by: Option<String>,
+    limit: Option<usize>,
+    complete_until: Option<String>,
+    /// Windows of this kind in the range that received late events and wait for their
+    /// correction (`null` when PostgreSQL could not be asked).
+    pending_corrections: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    points: Option<Vec<Point>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    series: Option<Vec<Series>>,
+}
+
+/// RFC 3339 (UTC, whole seconds) of a time in ms since the epoch.
+pub(crate) fn rfc3339(ms: u64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A failed ClickHouse query: 503 for the client (the server's text is only logged). A missing
+/// table or database is logged as an error naming the fix, since retrying cannot help.
+fn clickhouse_unavailable(e: tally_sinks::SinkError) -> ApiError {
+    if e.is_missing_schema() {
+        tracing::error!(error = %e, "clickhouse schema missing: run `tally migrate`");
+    } else {
+        tracing::warn!(error = %e, "clickhouse query failed");
+    }
+    ApiError::Unavailable("the analytics store is unavailable; retry later".into())
+}
+
+/// `GET /reports`.
+pub async fn get_report(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<ReportResponse>, ApiError> {
+    let q = parse_report_query(&params, &state.topologies, state.config.max_report_windows)?;
+    let (points, series) = if q.group_by.is_some() {
+        let (top, rows) = crate::queries::grouped(&state.clickhouse, &q)
+            .await
+            .map_err(clickhouse_unavailable)?;
+        (None, Some(assemble::grouped(&q, &top, &rows)))
+    } else {
+        let rows = crate::queries::series(&state.clickhouse, &q)
+            .await
+            .map_err(clickhouse_unavailable)?;
+        (Some(assemble::series_points(&q, &rows)), None)
+    };
+    let complete_until = complete_until(&state, &q.window, q.close_delay_ms(state.grace_ms))
+        .await
+        .map(rfc3339);
+    let pending_corrections = tally_sinks::postgres::ledger::pending_in_range(
+        &state.postgres,
+        &state.pipeline_name,
+        &q.topology,
+        tally_core::Topology::table_of(&q.metric),
+        &q.window.name,
+        i64::try_from(q.first_start()).unwrap_or(i64::MAX),
+        i64::try_from(params::ms(q.to)).unwrap_or(i64::MAX),
+    )
+    .await
+    .map_err(|e| tracing::warn!(error = %e, "reading pending corrections failed"))
+    .ok();
+    let grouped = q.group_by.is_some();
+    let response = ReportResponse {
+        unit: q.metric.unit(),
+        metric: q.metric.name(),
+        window_size_s: q.window.size_ms / 1000,
+        slide_s: q.window.slide_ms / 1000,
+        window: q.window.name,
+        from: q.from.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        to: q.to.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        topology: q.topology,
+        event_type: q.event_type,
+        group_by: q.group_by,
+        limit: grouped.then_some(q.limit),
+        complete_until,
+        pending_corrections,
+        points,
+        series,
+    };
+    Ok(Json(response))
+}
+
+/// The start before which every window of this kind is final and stored: a window is final
+/// once the acknowledged frontier passed its end plus `delay_ms` (the grace period; for session
+/// metrics the session delay). Never past the wall clock: a window that has not ended cannot be
+/// complete. `None` before the pipeline saved progress or when PostgreSQL cannot be asked.
+async fn complete_until(state: &AppState, window: &WindowSpec, delay_ms: u64) -> Option<u64> {
+    let frontier = tally_sinks::postgres::acked_frontier(&state.postgres, &state.pipeline_name)
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "reading the pipeline frontier failed"))
+        .ok()
+        .flatten()?;
+    let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+    complete_until_from(frontier, delay_ms, window, now_ms)
+}
+
+/// See [`complete_until`]: the smallest window start `c` (a multiple of the slide) such that
+/// every window starting before it ends at some `e` with `e + delay < frontier` and
+/// `e <= now_ms`. For a tumbling window this is the end of the last final window.
+pub fn complete_until_from(
+    frontier_ms: u64,
+    delay_ms: u64,
+    window: &WindowSpec,
+    now_ms: u64,
+) -> Option<u64> {
+    let last_final_end = frontier_ms.checked_sub(delay_ms + 1)?.min(now_ms);
+    let slide = window.slide_ms.max(1);
+    // Windows with start s <= last_final_end - size are final; c is the next multiple of the
+    // slide after the last such start.
+    Some((last_final_end + slide).saturating_sub(window.size_ms) / slide * slide)
+}
+
+/// The `/reports/summary` answer.
+#[derive(clickhouse::Row, Deserialize, Serialize)]
+pub struct Summary {
+    events: u64,
+    unique_users: u64,
+    unique_sessions: u64,
+    unique_event_types: u64,
+}
+
+/// `GET /reports/summary`: exact totals over raw events in `[from, to)`.
+pub async fn get_summary(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Summary>, ApiError> {
+    const KNOWN: [&str; 3] = ["from", "to", "event_type"];
+    if let Some(k) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::BadRequest(format!(
+            "unknown parameter `{k}` (expected from, to, event_type)"
+        )));
+    }
+    let (from, to) = params::range(&params)?;
+    let event_type = params::event_type_param(&params)?;
+    let query = crate::queries::summary(
+        &state.clickhouse,
+        params::ms(from),
+        params::ms(to),
+        event_type.as_deref(),
+    );
+    let summary: Summary = query
+        .fetch_one()
+        .await
+        .map_err(|e| clickhouse_unavailable(tally_sinks::SinkError::clickhouse("summary", e)))?;
+    Ok(Json(summary))
+}
+
+#[cfg(test)]
+mod tests;
