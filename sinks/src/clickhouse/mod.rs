@@ -8,6 +8,7 @@ mod config;
 pub mod recompute;
 mod rows;
 mod schema;
+pub mod topology_schema;
 mod writer;
 
 pub use client::{connect, ttl_probe_sql, Features};
