@@ -6,6 +6,7 @@ mod delivery;
 mod import;
 mod jobs_cli;
 mod produce;
+mod topology_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +76,9 @@ enum Command {
     /// cannot be opened, 69 Kafka unavailable or did not acknowledge, 73 the rejects file
     /// cannot be written, 78 bad flags or `tally migrate` not run, 130 interrupted.
     Import(import::ImportArgs),
+    /// Check, explain and list topology files (`topology validate FILE...`, `topology plan
+    /// FILE`, `topology list [--json]`); see docs/topologies.md.
+    Topology(topology_cli::TopologyArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +103,12 @@ fn main() -> ExitCode {
 fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<InvalidConfig>().is_some() {
         return ExitClass::Config.code();
+    }
+    if let Some(file) = e
+        .chain()
+        .find_map(|e| e.downcast_ref::<tally_topologies::file::FileError>())
+    {
+        return file.exit_code();
     }
     if let Some(import) = e
         .chain()
@@ -132,6 +142,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             _ => "status",
         })?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Topology(args) = &cli.command {
+        if let Some(code) = topology_cli::validate(args) {
+            return Ok(code);
+        }
     }
     let config = config::load(cli.config.as_deref(), std::env::vars()).context(InvalidConfig)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -192,6 +207,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }),
         Command::Rebuild(args) => runtime.block_on(jobs_cli::rebuild(&config, &args)),
         Command::Jobs(args) => runtime.block_on(jobs_cli::jobs(&config, &args)),
+        Command::Topology(args) => runtime.block_on(topology_cli::run(&config, &args)),
         Command::Up | Command::Down | Command::Status | Command::Import(_) => Ok(()),
     }
     .map(|()| ExitCode::SUCCESS)
@@ -223,6 +239,7 @@ fn stack(command: &str) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: &TallyConfig) -> anyhow::Result<()> {
+    let topologies = config.topologies.load()?;
     let created = tally_pipeline::kafka::ensure_topics(&config.kafka).await?;
     println!(
         "kafka: topics created: {}",
@@ -239,6 +256,7 @@ async fn migrate(config: &TallyConfig) -> anyhow::Result<()> {
         report.features.version,
         listed(&report.applied, "none (up to date)")
     );
+    topology_cli::migrate(config, &topologies).await?;
     let pool = tally_sinks::postgres::connect(&config.postgres).await?;
     tally_jobs::migrate(&pool).await?;
     let applied = tally_sinks::postgres::migrate(&pool).await?;
