@@ -11,6 +11,7 @@ use tally_pipeline::{PipelineConfig, PipelineError};
 use tally_sinks::clickhouse::ClickHouseConfig;
 use tally_sinks::postgres::PostgresConfig;
 use tally_sinks::SinkError;
+use tally_topologies::file::{FileError, TopologiesConfig};
 
 /// The whole configuration.
 #[derive(Clone, Debug)]
@@ -20,9 +21,17 @@ pub struct TallyConfig {
     pub postgres: PostgresConfig,
     pub pipeline: PipelineConfig,
     pub api: ApiConfig,
+    pub topologies: TopologiesConfig,
 }
 
-const SECTIONS: [&str; 5] = ["kafka", "clickhouse", "postgres", "pipeline", "api"];
+const SECTIONS: [&str; 6] = [
+    "kafka",
+    "clickhouse",
+    "postgres",
+    "pipeline",
+    "api",
+    "topologies",
+];
 
 /// Loads `path` (or `./tally.toml` when it exists, or defaults), applies environment overrides
 /// and validates every section.
@@ -66,6 +75,7 @@ pub fn load(
         postgres: section(&table, "postgres", &overrides)?,
         pipeline: section(&table, "pipeline", &overrides)?,
         api: section(&table, "api", &overrides)?,
+        topologies: section(&table, "topologies", &overrides)?,
     };
     // Validation errors name the key; add the variable when the value came from one.
     let origin = |field: &str| {
@@ -92,6 +102,10 @@ pub fn load(
         .api
         .validate()
         .map_err(|(field, reason)| anyhow!("config: `{field}`: {reason}{}", origin(field)))?;
+    config.topologies.validate().map_err(|e| match &e {
+        FileError::Config { field, .. } => anyhow!("{e}{}", origin(field)),
+        _ => e.into(),
+    })?;
     Ok(config)
 }
 
@@ -228,6 +242,31 @@ mod tests {
             .expect_err("bad env section")
             .to_string();
         assert!(e.contains("TALLY_NOPE__X"), "{e}");
+    }
+
+    #[test]
+    fn topologies_section() {
+        let c = load_str("[topologies]\ndir = \"x\"\nenabled = [\"a\"]\n", &[]).expect("valid");
+        assert_eq!(c.topologies.dir, Some(std::path::PathBuf::from("x")));
+        assert_eq!(c.topologies.enabled, Some(vec!["a".to_owned()]));
+        assert_eq!(load_str("", &[]).expect("valid").topologies.enabled, None);
+        let c = load_str("", &[("TALLY_TOPOLOGIES__ENABLED", "a, b")]).expect("valid");
+        assert_eq!(c.topologies.enabled, Some(vec!["a".into(), "b".into()]));
+        let e = load_str("[topologies]\nenabled = []\n", &[])
+            .expect_err("empty")
+            .to_string();
+        assert!(e.contains("topologies.enabled"), "{e}");
+        let e = load_str("", &[("TALLY_TOPOLOGIES__ENABLED", "a,a")])
+            .expect_err("twice")
+            .to_string();
+        assert!(
+            e.contains("topologies.enabled") && e.contains("TALLY_TOPOLOGIES__ENABLED"),
+            "{e}"
+        );
+        let e = load_str("[topologies]\nfolder = \"x\"\n", &[])
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.contains("topologies.folder"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod delivery;
 mod import;
 mod jobs_cli;
 mod produce;
+mod topology_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +76,9 @@ enum Command {
     /// cannot be opened, 69 Kafka unavailable or did not acknowledge, 73 the rejects file
     /// cannot be written, 78 bad flags or `tally migrate` not run, 130 interrupted.
     Import(import::ImportArgs),
+    /// Check, explain and list topology files (`topology validate FILE...`, `topology plan
+    /// FILE`, `topology list [--json]`); see docs/topologies.md.
+    Topology(topology_cli::TopologyArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +103,12 @@ fn main() -> ExitCode {
 fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<InvalidConfig>().is_some() {
         return ExitClass::Config.code();
+    }
+    if let Some(file) = e
+        .chain()
+        .find_map(|e| e.downcast_ref::<tally_topologies::file::FileError>())
+    {
+        return file.exit_code();
     }
     if let Some(import) = e
         .chain()
@@ -133,6 +143,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         })?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Topology(args) = &cli.command {
+        if let Some(code) = topology_cli::validate(args) {
+            return Ok(code);
+        }
+    }
     let config = config::load(cli.config.as_deref(), std::env::vars()).context(InvalidConfig)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -144,16 +159,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Migrate => runtime.block_on(migrate(&config)),
         Command::Run => {
+            let topologies = runtime.block_on(topologies(&config))?;
             let shutdown = shutdown_on_signal(&runtime, PIPELINE_DRAIN);
             run_pipeline(
                 &config,
+                &topologies,
                 runtime.handle().clone(),
                 shutdown,
                 Health::default(),
             )
         }
         Command::Serve => runtime.block_on(async {
-            let state = app_state(&config).await?;
+            let state = app_state(&config, &topologies(&config).await?).await?;
             serve(&config, state, async {
                 let _ = wait_for_signal().await;
             })
@@ -180,6 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     std::future::pending(),
                 ));
             }
+            let topologies = topologies(&config).await?;
             let pool = tally_sinks::postgres::connect(&config.postgres).await?;
             let stop = async {
                 let _ = wait_for_signal().await;
@@ -187,23 +205,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "shutting down the worker: letting running jobs finish (at most 30 s)"
                 );
             };
-            tally_jobs::run_worker(job_settings(&config, concurrency), pool, stop).await?;
+            let settings = job_settings(&config, &topologies, concurrency);
+            tally_jobs::run_worker(settings, pool, stop).await?;
             Ok(())
         }),
         Command::Rebuild(args) => runtime.block_on(jobs_cli::rebuild(&config, &args)),
         Command::Jobs(args) => runtime.block_on(jobs_cli::jobs(&config, &args)),
+        Command::Topology(args) => runtime.block_on(topology_cli::run(&config, &args)),
         Command::Up | Command::Down | Command::Status | Command::Import(_) => Ok(()),
     }
     .map(|()| ExitCode::SUCCESS)
 }
 
+/// The enabled topologies (`[topologies]`), with their tables resolved to the versions `tally
+/// migrate` created. Errors: a topology file error (exit 65/78), a topology not migrated or
+/// changed since (exit 78: run `tally migrate`), ClickHouse unreachable.
+async fn topologies(config: &TallyConfig) -> anyhow::Result<Vec<tally_core::Topology>> {
+    let loaded = config.topologies.load()?;
+    let resolved =
+        tally_sinks::clickhouse::topology_schema::current_tables(&config.clickhouse, &loaded)
+            .await?;
+    Ok(resolved)
+}
+
 /// What the job worker needs from the configuration.
-fn job_settings(config: &TallyConfig, concurrency: usize) -> tally_jobs::JobSettings {
+fn job_settings(
+    config: &TallyConfig,
+    topologies: &[tally_core::Topology],
+    concurrency: usize,
+) -> tally_jobs::JobSettings {
     tally_jobs::JobSettings {
         clickhouse: config.clickhouse.clone(),
         pipeline: config.pipeline.name.clone(),
-        topology: tally_sinks::postgres::ledger::DEFAULT_TOPOLOGY.to_owned(),
-        windows: tally_pipeline::WINDOWS.to_vec(),
+        topologies: topologies.to_vec(),
         grace_ms: config.pipeline.grace_ms,
         retention_check_secs: config.pipeline.retention_check_secs,
         concurrency,
@@ -223,6 +257,7 @@ fn stack(command: &str) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: &TallyConfig) -> anyhow::Result<()> {
+    let topologies = config.topologies.load()?;
     let created = tally_pipeline::kafka::ensure_topics(&config.kafka).await?;
     println!(
         "kafka: topics created: {}",
@@ -239,6 +274,7 @@ async fn migrate(config: &TallyConfig) -> anyhow::Result<()> {
         report.features.version,
         listed(&report.applied, "none (up to date)")
     );
+    topology_cli::migrate(config, &topologies).await?;
     let pool = tally_sinks::postgres::connect(&config.postgres).await?;
     tally_jobs::migrate(&pool).await?;
     let applied = tally_sinks::postgres::migrate(&pool).await?;
@@ -262,22 +298,28 @@ fn listed<T: AsRef<str>>(items: &[T], none: &str) -> String {
         .join(", ")
 }
 
-fn settings(config: &TallyConfig) -> tally_pipeline::PipelineSettings {
+fn settings(
+    config: &TallyConfig,
+    topologies: &[tally_core::Topology],
+) -> tally_pipeline::PipelineSettings {
     tally_pipeline::PipelineSettings {
         kafka: config.kafka.clone(),
         clickhouse: config.clickhouse.clone(),
         postgres: config.postgres.clone(),
         pipeline: config.pipeline.clone(),
+        topologies: topologies.to_vec(),
     }
 }
 
 fn run_pipeline(
     config: &TallyConfig,
+    topologies: &[tally_core::Topology],
     runtime: tokio::runtime::Handle,
     shutdown: Arc<AtomicBool>,
     health: Health,
 ) -> anyhow::Result<()> {
-    tally_pipeline::run_with_health(settings(config), runtime, shutdown, health).context("pipeline")
+    let settings = settings(config, topologies);
+    tally_pipeline::run_with_health(settings, runtime, shutdown, health).context("pipeline")
 }
 
 /// The pipeline and the API in one process, with one fate: when either stops (a fatal error,
@@ -287,7 +329,8 @@ fn run_pipeline(
 fn run_all(config: &TallyConfig, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal(runtime, PIPELINE_DRAIN);
     let health = Health::default();
-    let mut state = runtime.block_on(app_state(config))?;
+    let topologies = runtime.block_on(topologies(config))?;
+    let mut state = runtime.block_on(app_state(config, &topologies))?;
     state.pipeline = Some(health.clone());
     let listener = runtime.block_on(bind(config))?;
     let pipeline_done = Arc::new(AtomicBool::new(false));
@@ -307,7 +350,7 @@ fn run_all(config: &TallyConfig, runtime: &tokio::runtime::Runtime) -> anyhow::R
     let worker_stop = Arc::clone(&pipeline_done);
     let worker_failed = Arc::clone(&shutdown);
     let pool = runtime.block_on(tally_sinks::postgres::connect(&config.postgres))?;
-    let settings = job_settings(config, 2);
+    let settings = job_settings(config, &topologies, 2);
     let worker = runtime.spawn(async move {
         let stop = async move {
             while !worker_stop.load(Ordering::SeqCst) {
@@ -323,6 +366,7 @@ fn run_all(config: &TallyConfig, runtime: &tokio::runtime::Runtime) -> anyhow::R
     });
     let result = run_pipeline(
         config,
+        &topologies,
         runtime.handle().clone(),
         Arc::clone(&shutdown),
         health,

@@ -41,6 +41,27 @@ pub enum SinkError {
         /// Who holds it, or that a newer process took over.
         reason: String,
     },
+    /// A topology's tables are missing, or were made for another definition of it: run
+    /// `tally migrate`.
+    #[error("topology `{topology}`: {reason}: run `tally migrate`")]
+    TopologyNotMigrated {
+        /// The topology's name.
+        topology: String,
+        /// What is missing or different.
+        reason: String,
+    },
+    /// A table a topology needs exists but is not one Tally made for it (other key columns, or
+    /// a column of another type): rename or drop it by hand, or give the topology another
+    /// `table`.
+    #[error("topology `{topology}`: table {table}: {reason}")]
+    TopologyConflict {
+        /// The topology's name.
+        topology: String,
+        /// The table, `database.name`.
+        table: String,
+        /// What does not fit.
+        reason: String,
+    },
     /// A configuration value is unusable.
     #[error("config: `{field}`: {reason}")]
     Config {
@@ -113,6 +134,7 @@ impl SinkError {
             } => db
                 .code()
                 .is_some_and(|c| MISSING_SCHEMA_POSTGRES_STATES.contains(&c.as_ref())),
+            SinkError::TopologyNotMigrated { .. } => true,
             _ => false,
         }
     }
@@ -163,7 +185,10 @@ impl SinkError {
                 }
                 _ => ErrorClass::Fatal,
             },
-            SinkError::Config { .. } | SinkError::Fenced { .. } => ErrorClass::Fatal,
+            SinkError::Config { .. }
+            | SinkError::Fenced { .. }
+            | SinkError::TopologyNotMigrated { .. }
+            | SinkError::TopologyConflict { .. } => ErrorClass::Fatal,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tally_pipeline::kafka::ProduceFailure;
+use tally_api::ProduceFailure;
 use tokio::sync::mpsc;
 
 use super::args::{ImportArgs, Mapping};

@@ -40,7 +40,10 @@ use toml::de::{DeArray, DeTable, DeValue};
 use toml::Spanned;
 
 pub use error::{FileError, Location};
-pub use load::{load_dir, load_file, load_files, shipped, TopologiesConfig, TopologyFile, SHIPPED};
+pub use load::{
+    is_manifest, load_dir, load_file, load_files, shipped, topology_paths, TopologiesConfig,
+    TopologyFile, SHIPPED,
+};
 
 use error::did_you_mean;
 

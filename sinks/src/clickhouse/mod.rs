@@ -11,6 +11,7 @@ pub mod recompute;
 pub mod rollup_rows;
 mod rows;
 mod schema;
+pub mod topology_schema;
 mod writer;
 
 pub use client::{connect, ttl_probe_sql, Features};

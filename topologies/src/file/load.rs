@@ -71,9 +71,15 @@ pub fn load_files(paths: &[PathBuf]) -> Result<Vec<TopologyFile>, FileError> {
 }
 
 /// Every `*.toml` file of `dir` except `Cargo.toml` (the shipped folder is also the source
-/// of the `tally-topologies` crate), sorted by file name. Errors: as [`load_files`];
-/// [`FileError::Io`] when the folder cannot be listed. An empty result is not an error here.
+/// of the `tally-topologies` crate), sorted by file name. An empty result is not an error
+/// here.
 pub fn load_dir(dir: &Path) -> Result<Vec<TopologyFile>, FileError> {
+    load_files(&topology_paths(dir)?)
+}
+
+/// The topology files of `dir` (see [`load_dir`]), sorted. Errors: [`FileError::Io`] when
+/// the folder cannot be listed.
+pub fn topology_paths(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
     let io = |source| FileError::Io {
         path: dir.display().to_string(),
         source,
@@ -82,13 +88,17 @@ pub fn load_dir(dir: &Path) -> Result<Vec<TopologyFile>, FileError> {
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
         let is_toml = path.extension().is_some_and(|e| e == "toml");
-        let is_cargo = path.file_name().is_some_and(|n| n == "Cargo.toml");
-        if is_toml && !is_cargo && path.is_file() {
+        if is_toml && !is_manifest(&path) && path.is_file() {
             paths.push(path);
         }
     }
     paths.sort();
-    load_files(&paths)
+    Ok(paths)
+}
+
+/// Whether `path` is a Cargo manifest (`Cargo.toml`), never a topology file.
+pub fn is_manifest(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == "Cargo.toml")
 }
 
 /// Two topologies may share neither a name nor a table.
@@ -128,8 +138,37 @@ pub struct TopologiesConfig {
     /// directory. Unset: `topologies` when that folder exists, else the topologies shipped in
     /// the binary ([`SHIPPED`]). Set: the folder must exist.
     pub dir: Option<PathBuf>,
-    /// The topologies to run, by name. Unset: every topology in the folder.
+    /// The topologies to run, by name: a list, or a comma-separated string (handy in
+    /// `TALLY_TOPOLOGIES__ENABLED=a,b`). Unset: every topology in the folder.
+    #[serde(deserialize_with = "names")]
     pub enabled: Option<Vec<String>>,
+}
+
+/// A list of names, or one string of comma-separated names (brackets and quotes around them
+/// ignored, so a TOML array written in an environment variable reads the same).
+fn names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Names {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(Some(
+        match Names::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a list of topology names, or a comma-separated string",
+            )
+        })? {
+            Names::List(list) => list,
+            // `a,b`, and also `["a", "b"]` as an environment variable's text.
+            Names::Text(text) => text
+                .split(',')
+                .map(|n| n.trim_matches(|c: char| c.is_whitespace() || "[]\"'".contains(c)))
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        },
+    ))
 }
 
 impl TopologiesConfig {
