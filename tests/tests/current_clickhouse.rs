@@ -1,7 +1,7 @@
 //! Tally's ClickHouse SQL on a *current* ClickHouse (26.x), while the local stack runs 18.16:
-//! the schema for both feature sets, the TTL probe, the report and summary queries and the
-//! corrections' recompute with
-//! their client-side bound values, run in-process by `tests/current_clickhouse.py` (PyPI
+//! the schema for both feature sets, the TTL probe, the summary query and the corrections' read
+//! of first copies, with their client-side bound values (the per-topology report queries:
+//! `api/tests/reports_topology.rs`), run in-process by `tests/current_clickhouse.py` (PyPI
 //! `chdb-core`). The expected results are worked out by hand from the rows inserted here.
 
 use std::io::Write;
@@ -10,8 +10,6 @@ use std::process::{Command, Stdio};
 use anyhow::{ensure, Context as _};
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use tally_api::reports::{Metric, ReportQuery};
-use tally_operators::Window;
 use tally_sinks::clickhouse::{
     bootstrap_sql, migrations_sql, ttl_probe_sql, ClickHouseConfig, Features, LIST_PARTITIONS_SQL,
 };
@@ -46,21 +44,6 @@ fn schema(database: &str, ttl: bool) -> Vec<String> {
             .map(|(_, _, s)| s),
     );
     sql
-}
-
-fn report_sql(client: &clickhouse::Client, metric: Metric, event_type: Option<&str>) -> String {
-    let t0 = t0();
-    let at = |s: i64| DateTime::<Utc>::from_timestamp(s, 0).unwrap_or_default();
-    let q = ReportQuery {
-        metric,
-        window: Window::Minute,
-        from: at(t0),
-        to: at(t0 + 120),
-        event_type: event_type.map(str::to_owned),
-    };
-    tally_api::queries::series(client, &q)
-        .sql_display()
-        .to_string()
 }
 
 #[test]
@@ -116,38 +99,17 @@ fn sql_runs_on_current_clickhouse() -> anyhow::Result<()> {
             .sql_display()
             .to_string()
     };
-    // Corrections: the recompute of the two minutes from the raw events, each id once as its
-    // first copy (e2 at t0+2 as a view, e3 as a view, e4 as a signup).
-    let recompute = |per_type: bool| {
-        // The two minutes listed, as a correction of two dirty windows sends them.
-        let (from, minute) = (t0 as u64, t0 as u64 / 60);
-        let select = tally_sinks::clickhouse::recompute::recompute_select_sql(
-            60,
-            per_type,
-            from,
-            from + 120,
-            &[minute, minute + 1],
-        );
-        let sql = format!(
-            "SELECT toUInt32(ws), event_type, events, unique_users, unique_sessions,
-                    unique_event_types FROM ({select}) ORDER BY ws, event_type"
-        );
-        client
-            .query(&sql)
-            .bind("1m")
-            .bind(99_u64)
-            .sql_display()
-            .to_string()
-    };
+    // Corrections: the raw events of the two minutes (blocks of 60 s), each id once as its
+    // first copy (smallest partition, then offset): e2 at t0+2.5 s as a view, e3 as a view, e4
+    // as a signup (partition 2 beats 3).
+    let first_copies = format!(
+        "SELECT * FROM ({}) ORDER BY timestamp_ms",
+        tally_sinks::clickhouse::recompute::events_sql(60, &[t0 as u64 / 60, t0 as u64 / 60 + 1], false)
+    );
     let checks = json!([
-        {"sql": recompute(true), "expect": format!(
-            "{t0},\"click\",1,1,1,1\n{t0},\"view\",1,1,1,1\n{m1},\"signup\",1,1,1,1\n{m1},\"view\",1,1,0,1\n",
-            m1 = t0 + 60)},
-        {"sql": recompute(false), "expect": format!("{t0},\"\",2,1,1,2\n{},\"\",2,2,1,2\n", t0 + 60)},
-        {"sql": report_sql(&client, Metric::Events, None), "expect": format!("{t0},2\n{},1\n", t0 + 60)},
-        {"sql": report_sql(&client, Metric::UniqueEventTypes, None), "expect": format!("{t0},2\n{},1\n", t0 + 60)},
-        {"sql": report_sql(&client, Metric::UniqueSessions, None), "expect": format!("{t0},1\n{},0\n", t0 + 60)},
-        {"sql": report_sql(&client, Metric::UniqueUsers, Some("view")), "expect": format!("{t0},1\n")},
+        {"sql": first_copies, "expect": format!(
+            "\"click\",\"u1\",\"s1\",{t1}000,\"{{}}\"\n\"view\",\"u1\",\"s1\",{t2}500,\"{{}}\"\n\"view\",\"u2\",\"\",{t3}000,\"{{}}\"\n\"signup\",\"u3\",\"s3\",{t5}000,\"{{}}\"\n",
+            t1 = t0 + 1, t2 = t0 + 2, t3 = t0 + 61, t5 = t0 + 70)},
         {"sql": summary(t0, t0 + 120, None), "expect": "4,3,2,3\n"},
         {"sql": summary(t0, t0 + 120, Some("view")), "expect": "2,2,1,1\n"},
         {"sql": summary(t0, t0 + 120, Some("purchase")), "expect": "0,0,0,0\n"},
