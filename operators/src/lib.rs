@@ -17,6 +17,7 @@ mod hashing;
 mod observation;
 mod point;
 mod rollup;
+mod session;
 mod window;
 
 pub use accumulate::{accumulator, Accumulator, Layout};
@@ -25,4 +26,5 @@ pub use hashing::{hash128, hash64, IdSet};
 pub use observation::{Observation, OperatorCounters};
 pub use point::Point;
 pub use rollup::WindowRollup;
+pub use session::{session_rows, SessionRollup};
 pub use window::{late_windows, settled_after};
