@@ -1,7 +1,6 @@
 //! The operator core's cost: events per second through dedup + projection + window rollup on
-//! one timely worker with 1, 3 and 6 window kinds (and with sessions, once the session
-//! operator is wired here), and bytes of state per distinct user per window, exact and
-//! approximate.
+//! one timely worker with 1, 3 and 6 window kinds, and with 3 window kinds plus sessions; and
+//! bytes of state per distinct user per window, exact and approximate.
 //!
 //! Run: `cargo bench -p tally-operators --bench operator_core -- --warm-up-time 1
 //! --measurement-time 3`. Criterion prints time per iteration and throughput (events/s); the
@@ -13,12 +12,15 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use tally_core::{Component, Dimension, DistinctMode, Metric, Topology, WindowSpec};
+use tally_core::{
+    Component, Dimension, DistinctMode, Metric, RowTable, SessionSpec, Topology, WindowSpec,
+};
 use tally_operators::{
-    accumulator, hash128, Dedup, DedupHorizon, Observation, OperatorCounters, Point, WindowRollup,
+    accumulator, hash128, Dedup, DedupHorizon, Observation, OperatorCounters, Point, SessionRollup,
+    WindowRollup,
 };
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 #[global_allocator]
@@ -104,12 +106,19 @@ fn run(topology: &Topology, events: Vec<Observation>) -> usize {
         let horizon = DedupHorizon::for_topologies(std::slice::from_ref(&topology), 5_000);
         worker.dataflow::<u64, _, _>(|scope| {
             let t = topology.clone();
-            input
+            let ticks = ticks.to_stream(scope);
+            let points = input
                 .to_stream(scope)
                 .dedup_events(horizon, counters.clone())
-                .flat_map(move |o| Point::project(&t, &o))
-                .window_rollup(ticks.to_stream(scope), &topology, 5_000, counters)
-                .map(move |_row| seen.set(seen.get() + 1))
+                .flat_map(move |o| Point::project(&t, &o));
+            let mut rows =
+                points
+                    .clone()
+                    .window_rollup(ticks.clone(), &topology, 5_000, counters.clone());
+            if topology.has(RowTable::Sessions) {
+                rows = rows.concat(points.session_rollup(ticks, &topology, 5_000, counters));
+            }
+            rows.map(move |_row| seen.set(seen.get() + 1))
                 .probe_with(&probe);
         });
         let mut newest = 0;
@@ -148,9 +157,22 @@ fn throughput(c: &mut Criterion) {
             b.iter_batched(|| events.clone(), |e| run(t, e), BatchSize::LargeInput)
         });
     }
-    // SLOT(sessions): the same events through `session_rollup` (operators/src/session.rs,
-    // written separately) with the 3-window topology plus `[sessions]` and the session metrics,
-    // once that operator is in this branch.
+    // The 3 windows plus sessions (30 min gap) and the four session metrics: dedup, window
+    // rollup and session rollup.
+    let windows = &window_sets()[1].1;
+    let mut with_sessions = topology(windows);
+    with_sessions.sessions = Some(SessionSpec::default());
+    with_sessions.metrics.extend([
+        Metric::Sessions,
+        Metric::BounceRate,
+        Metric::AvgSessionDurationS,
+        Metric::EventsPerSession,
+    ]);
+    group.bench_with_input(
+        BenchmarkId::new("dedup+window_rollup+session_rollup", "3 windows"),
+        &with_sessions,
+        |b, t| b.iter_batched(|| events.clone(), |e| run(t, e), BatchSize::LargeInput),
+    );
     group.finish();
 }
 

@@ -505,3 +505,181 @@ fn approx_distinct_counts_stay_within_the_stated_error() {
     }
     assert!(above_128 > 10, "the test must reach the HyperLogLog range");
 }
+
+/// Sessions by a plain sort-and-scan per user: a new session at a user's first event, after a
+/// gap longer than `gap_ms`, or `max_ms` or more after the session's first event. Each session
+/// counts in every window containing its first event, in the all-events row and, per dimension,
+/// in the row of its first event's value (cap: of the values with sessions, the smallest
+/// xxh3-64 keep their row). Values: sessions, bounced (one event), duration sum (ms), events.
+fn session_model(t: &Topology, events: &[Ev]) -> BTreeMap<RowKey, Vec<Value>> {
+    let Some(spec) = t.sessions else {
+        return BTreeMap::new();
+    };
+    let passes = |e: &Ev| match t.filters.first() {
+        Some(Filter::EventTypeNotIn(types)) => !types.iter().any(|x| x == e.event_type()),
+        _ => true,
+    };
+    let mut by_user: BTreeMap<u8, Vec<&Ev>> = BTreeMap::new();
+    for e in events.iter().filter(|e| passes(e)) {
+        by_user.entry(e.user).or_default().push(e);
+    }
+    // (first event, last time, events) per session
+    let mut sessions: Vec<(&Ev, u64, u64)> = Vec::new();
+    for evs in by_user.values_mut() {
+        evs.sort_by_key(|e| e.ts_ms);
+        let mut current: Option<(&Ev, u64, u64)> = None;
+        for e in evs.iter() {
+            current = match current {
+                Some((first, last, n))
+                    if e.ts_ms - last <= spec.gap_ms
+                        && e.ts_ms - first.ts_ms < spec.max_duration_ms =>
+                {
+                    Some((first, e.ts_ms, n + 1))
+                }
+                other => {
+                    sessions.extend(other);
+                    Some((e, e.ts_ms, 1))
+                }
+            };
+        }
+        sessions.extend(current);
+    }
+    let hash = |v: &str| xxhash_rust::xxh3::xxh3_64(v.as_bytes());
+    let mut slots: BTreeMap<(String, u64, String), BTreeMap<String, [u64; 4]>> = BTreeMap::new();
+    for (first, last, n) in &sessions {
+        let add = |c: &mut [u64; 4]| {
+            c[0] += 1;
+            c[1] += u64::from(*n == 1);
+            c[2] += last - first.ts_ms;
+            c[3] += n;
+        };
+        for w in &t.windows {
+            for start in starts(w.size_ms, w.slide_ms, first.ts_ms) {
+                let slot = |d: &str| (w.name.clone(), start, d.to_owned());
+                add(slots
+                    .entry(slot(""))
+                    .or_default()
+                    .entry(String::new())
+                    .or_default());
+                for d in &t.dimensions {
+                    let value = if d.name == "event_type" {
+                        first.event_type().to_owned()
+                    } else {
+                        first.platform()
+                    };
+                    add(slots
+                        .entry(slot(&d.name))
+                        .or_default()
+                        .entry(value)
+                        .or_default());
+                }
+            }
+        }
+    }
+    let columns = t.columns(RowTable::Sessions);
+    let mut out = BTreeMap::new();
+    for ((window, start, dimension), values) in slots {
+        let cap = t.dimension(&dimension).map_or(usize::MAX, |d| d.max_values);
+        let mut ranked: Vec<(u64, &String)> = values.keys().map(|v| (hash(v), v)).collect();
+        ranked.sort();
+        let mut rows: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+        for (rank, (_, v)) in ranked.iter().enumerate() {
+            let target = if rank < cap {
+                (*v).clone()
+            } else {
+                "__other__".to_owned()
+            };
+            let row = rows.entry(target).or_default();
+            for (r, x) in row.iter_mut().zip(values[*v]) {
+                *r += x;
+            }
+        }
+        for (value, c) in rows {
+            let vals = columns
+                .iter()
+                .map(|col| match col.component {
+                    Component::Sessions => Value::U64(c[0]),
+                    Component::BouncedSessions => Value::U64(c[1]),
+                    Component::SessionDurationMs => Value::U64(c[2]),
+                    Component::SessionEvents => Value::U64(c[3]),
+                    ref other => panic!("not a session component: {other:?}"),
+                })
+                .collect();
+            let key = RowKey {
+                topology: t.name.clone(),
+                table: RowTable::Sessions,
+                window: window.clone(),
+                start_ms: start,
+                dimension: dimension.clone(),
+                value,
+            };
+            out.insert(key, vals);
+        }
+    }
+    out
+}
+
+/// A web-sessions topology: 1 h tumbling and 30 min every 15 min windows, sessions (gap 10 min,
+/// at most 40 min), platform with a small cap, optionally a filter.
+fn session_topology_strategy() -> impl Strategy<Value = Topology> {
+    (1usize..4, any::<bool>(), any::<bool>()).prop_map(|(cap, filtered, with_type)| {
+        let mut b = Topology::builder("web")
+            .window(WindowSpec::tumbling("1h", 60 * MIN))
+            .window(WindowSpec::hopping("30m_15m", 30 * MIN, 15 * MIN))
+            .sessions(tally_core::SessionSpec {
+                gap_ms: 10 * MIN,
+                max_duration_ms: 40 * MIN,
+            })
+            .dimension(Dimension {
+                max_values: cap,
+                ..Dimension::parse("metadata.platform").expect("dimension")
+            })
+            .metric(Metric::Events)
+            .metric(Metric::UniqueUsers)
+            .metric(Metric::Sessions)
+            .metric(Metric::BounceRate)
+            .metric(Metric::AvgSessionDurationS)
+            .metric(Metric::EventsPerSession);
+        if with_type {
+            b = b.dimension(Dimension {
+                max_values: 2,
+                ..Dimension::parse("event_type").expect("dimension")
+            });
+        }
+        if filtered {
+            b = b.filter(Filter::EventTypeNotIn(vec!["search".into()]));
+        }
+        b.build().expect("valid topology")
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A topology with sessions: both tables settle on the models (windows: `model`; sessions:
+    /// sort-and-scan per user), on 1, 2 and 4 workers, for two partition interleavings.
+    #[test]
+    fn session_and_window_rows_match_the_models(
+        topology in session_topology_strategy(),
+        case in case_strategy(60),
+        step_every in 0usize..3,
+    ) {
+        // Distinct times per event, so a session's first event is never a tie.
+        let mut case = case;
+        for e in &mut case.events {
+            e.ts_ms = e.ts_ms / 1_000 * 1_000 + e.id as u64;
+        }
+        let mut want = model(&topology, &case.events);
+        want.extend(session_model(&topology, &case.events));
+        prop_assert!(want.keys().any(|k| k.table == RowTable::Sessions));
+        for order in &case.interleavings {
+            let script = script(&case, order);
+            for workers in [1, 2, 4] {
+                let config = Config { step_every, ..Config::workers(workers) };
+                let out = run(&script, std::slice::from_ref(&topology), &config);
+                let got = settled(&out.rows).map_err(TestCaseError::fail)?;
+                prop_assert_eq!(&got, &want, "{} workers", workers);
+            }
+        }
+    }
+}
