@@ -82,7 +82,7 @@ pub fn settled_after(topologies: &[Topology], ts_ms: u64, read_time: u64, grace_
             };
             latest = latest.max(w.close_time(last_start, grace_ms));
             if let Some(delay) = session_delay {
-                latest = latest.max(last_start + w.size_ms + delay);
+                latest = latest.max(w.close_time(last_start, delay));
             }
         }
     }
