@@ -94,6 +94,24 @@ impl WindowSpec {
             .filter(move |&s| self.close_time(s, grace_ms) <= read_time)
     }
 
+    /// Starts (ms) of the windows that contain some time in `[from_ms, to_ms]` (inclusive),
+    /// ascending: every multiple `s` of the slide with `s <= to_ms` and `s + size > from_ms`.
+    /// Empty when `from_ms > to_ms`.
+    pub fn starts_overlapping(&self, from_ms: u64, to_ms: u64) -> impl Iterator<Item = u64> {
+        let slide = self.slide_ms.max(1);
+        let first = match (from_ms + 1).checked_sub(self.size_ms) {
+            Some(x) => x.div_ceil(slide) * slide,
+            None => 0,
+        };
+        let last = to_ms - to_ms % slide;
+        let count = if from_ms > to_ms || first > last {
+            0
+        } else {
+            (last - first) / slide + 1
+        };
+        (0..count).map(move |k| first + k * slide)
+    }
+
     /// Parses a duration as written in topology files: a whole number followed by `ms`, `s`,
     /// `m`, `h` or `d` (`90s`, `15m`, `1h`, `1d`). Returns ms.
     pub fn parse_duration(text: &str) -> Option<u64> {
@@ -164,6 +182,34 @@ mod tests {
         let late: Vec<u64> = w.late_starts(ts, h(10, 45), 0).collect();
         assert_eq!(late, vec![h(9, 45), h(9, 30)]);
         assert_eq!(w.late_starts(ts, h(10, 44), 0).count(), 1);
+    }
+
+    #[test]
+    fn starts_overlapping_a_range() {
+        let w = WindowSpec::hopping("1h_15m", 3_600_000, 900_000);
+        let h = |hh: u64, mm: u64| hh * 3_600_000 + mm * 60_000;
+        // [8:17, 10:47]: from [7:30, 8:30) to [10:45, 11:45).
+        let starts: Vec<u64> = w.starts_overlapping(h(8, 17), h(10, 47)).collect();
+        assert_eq!(starts.len(), 14);
+        assert_eq!((starts[0], starts[13]), (h(7, 30), h(10, 45)));
+        // One instant: the same windows as `starts`.
+        let mut one: Vec<u64> = w.starts(h(10, 17)).collect();
+        one.reverse();
+        assert_eq!(
+            w.starts_overlapping(h(10, 17), h(10, 17))
+                .collect::<Vec<_>>(),
+            one
+        );
+        assert_eq!(
+            w.starts_overlapping(60_000, 60_000).collect::<Vec<_>>(),
+            vec![0]
+        );
+        assert_eq!(w.starts_overlapping(5, 4).count(), 0);
+        let t = WindowSpec::tumbling("1m", 60_000);
+        assert_eq!(
+            t.starts_overlapping(59_999, 60_000).collect::<Vec<_>>(),
+            vec![0, 60_000]
+        );
     }
 
     #[test]

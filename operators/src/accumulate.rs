@@ -20,8 +20,11 @@ use crate::point::Point;
 /// What one stored column keeps for one group of one window.
 ///
 /// Accumulators are order-independent: adding the same points in any order, or splitting them
-/// between two accumulators and merging those, gives the same value (floating-point sums up to
-/// rounding: sums of numbers that are exact in binary, such as multiples of 1/4, are exact).
+/// between two accumulators and merging those, gives the same value, with two rounding
+/// caveats: floating-point field sums (sums of numbers exact in binary, such as multiples of
+/// 1/4, are exact), and HyperLogLog estimates above 128 ids (the sketch keeps its harmonic sum
+/// as a running `f32`, so two sketches with equal registers filled in different orders can
+/// differ by about one in 10^5).
 pub trait Accumulator: Any {
     /// Adds one event.
     fn add(&mut self, point: &Point);

@@ -170,8 +170,11 @@ impl Shape {
 /// the order of `topology.columns(RowTable::Windows)`; every row `is_final`. Rows are sorted by
 /// window kind (declaration order), start, dimension (declaration order, all-events first) and
 /// value. This is what the window rollup operator emits as final rows for windows that received
-/// exactly these points on time; corrections recompute closed windows with it (callers keep
-/// the windows they want).
+/// exactly these points on time; corrections recompute closed windows with it: pass every
+/// point (first copy of each event id) whose time is in the windows to recompute, and keep the
+/// rows of those windows only (rows of other windows the points touch are partial). A group
+/// stored before but absent from the recomputed rows (a value now folded into `__other__`)
+/// needs an all-zero row, as the operator writes for groups it folds.
 ///
 /// ```
 /// use tally_core::{Dimension, Metric, Topology, Value, WindowSpec};

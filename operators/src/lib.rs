@@ -26,5 +26,5 @@ pub use hashing::{hash128, hash64, IdSet};
 pub use observation::{Observation, OperatorCounters};
 pub use point::Point;
 pub use rollup::WindowRollup;
-pub use window::{late_windows, settled_after};
 pub use session::{session_rows, SessionRollup};
+pub use window::{late_windows, settled_after};

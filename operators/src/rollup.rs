@@ -172,6 +172,7 @@ fn fan_out<'scope>(
         move |_cap, _info| {
             let windows: Vec<_> = shape.windows().cloned().collect();
             let mut late = vec![0u64; windows.len()];
+            let mut late_here = vec![false; windows.len()];
             let mut out = Vec::new();
             move |input, output| {
                 input.for_each(|cap, batch| {
@@ -180,7 +181,7 @@ fn fan_out<'scope>(
                     };
                     let mut session = output.session(&cap);
                     for point in batch.drain(..) {
-                        let mut late_here = vec![false; windows.len()];
+                        late_here.iter_mut().for_each(|l| *l = false);
                         shape.contributions(
                             &point,
                             |w, start| {

@@ -2,7 +2,7 @@
 //! late event marks for correction ([`late_windows`]) and until when an event may still be
 //! needed after a restart ([`settled_after`]).
 
-use tally_core::{RowTable, SessionSpec, Topology, WindowSpec};
+use tally_core::{RowTable, SessionSpec, Topology};
 
 use crate::dedup::DedupHorizon;
 
@@ -38,7 +38,8 @@ pub fn late_windows(
             let (from, to) = spec.affected_starts(ts_ms);
             for w in &topology.windows {
                 out.extend(
-                    starts_between(w, from, to).map(|s| (RowTable::Sessions, w.name.clone(), s)),
+                    w.starts_overlapping(from, to)
+                        .map(|s| (RowTable::Sessions, w.name.clone(), s)),
                 );
             }
         }
@@ -46,19 +47,6 @@ pub fn late_windows(
     out.sort();
     out.dedup();
     out
-}
-
-/// The starts of `w`'s windows that contain some time in `[from, to]` (ms, inclusive),
-/// ascending.
-fn starts_between(w: &WindowSpec, from: u64, to: u64) -> impl Iterator<Item = u64> {
-    let slide = w.slide_ms.max(1);
-    // The first start s (a multiple of the slide) with s + size > from.
-    let first = match (from + 1).checked_sub(w.size_ms) {
-        Some(x) => x.div_ceil(slide) * slide,
-        None => 0,
-    };
-    let last = to - to % slide;
-    (first..=last).step_by(slide as usize)
 }
 
 /// The session spec of a topology that stores session metrics.
@@ -94,7 +82,7 @@ pub fn settled_after(topologies: &[Topology], ts_ms: u64, read_time: u64, grace_
             };
             latest = latest.max(w.close_time(last_start, grace_ms));
             if let Some(delay) = session_delay {
-                latest = latest.max(last_start + w.size_ms + delay);
+                latest = latest.max(w.close_time(last_start, delay));
             }
         }
     }
@@ -104,7 +92,7 @@ pub fn settled_after(topologies: &[Topology], ts_ms: u64, read_time: u64, grace_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_core::{Metric, SessionSpec};
+    use tally_core::{Metric, SessionSpec, WindowSpec};
 
     const MIN: u64 = 60_000;
     const HOUR: u64 = 3_600_000;

@@ -1,7 +1,9 @@
 //! The dataflow that runs a set of topologies over one read of the events.
 
 use tally_core::{RollupRow, RowTable, Topology};
-use tally_operators::{Dedup, DedupHorizon, Observation, OperatorCounters, Point, WindowRollup};
+use tally_operators::{
+    Dedup, DedupHorizon, Observation, OperatorCounters, Point, SessionRollup, WindowRollup,
+};
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Concatenate;
@@ -20,16 +22,14 @@ pub struct Outputs<'scope, R> {
 /// read of each event id wins; its horizon from the longest window of any topology, see
 /// [`DedupHorizon::for_topologies`]), then, per topology, the kept observations projected for
 /// it ([`Point::project`]: filters, dimension values, numeric fields) into its window rollup
-/// ([`WindowRollup::window_rollup`]). The rollup rows of all topologies are concatenated.
+/// ([`WindowRollup::window_rollup`], table `Windows`) and, when it declares sessions and stores
+/// a session metric, its session rollup ([`SessionRollup::session_rollup`], table
+/// `Sessions`). The rollup rows of all topologies are concatenated.
 ///
 /// Each event is an observation with a payload `R` (the raw row to store), which passes the
 /// dedup with it: the kept payloads and the rollups count the same copy of every event. `ticks`
 /// drive provisional output (one tick: one row for every group that changed since its last
 /// row). `grace_ms` is how long after its end (in watermark time) a window still accepts events.
-///
-/// Session metrics (a topology with `[sessions]` and a session metric) are not wired here yet:
-/// their operator lands separately (see the crate's report); such a topology gets its window
-/// rows only.
 pub fn build<'scope, R: ExchangeData>(
     events: StreamVec<'scope, u64, (Observation, R)>,
     ticks: StreamVec<'scope, u64, ()>,
@@ -50,7 +50,15 @@ pub fn build<'scope, R: ExchangeData>(
             .clone()
             .flat_map(move |o| Point::project(&projected, &o));
         if topology.has(RowTable::Windows) {
-            rollups.push(points.window_rollup(ticks.clone(), topology, grace_ms, counters.clone()));
+            let rows =
+                points
+                    .clone()
+                    .window_rollup(ticks.clone(), topology, grace_ms, counters.clone());
+            rollups.push(rows);
+        }
+        if topology.sessions.is_some() && topology.has(RowTable::Sessions) {
+            let rows = points.session_rollup(ticks.clone(), topology, grace_ms, counters.clone());
+            rollups.push(rows);
         }
     }
     let rollups = scope.concatenate(rollups);

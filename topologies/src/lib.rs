@@ -1,6 +1,7 @@
 //! Topologies: which events, grouped how, over which windows, computing which metrics
 //! ([`tally_core::Topology`]), and the timely dataflow that runs any set of them over one read
-//! of the events ([`build`]).
+//! of the events ([`build`]: one dedup, then per topology its window rollup and, with
+//! sessions, its session rollup).
 //!
 //! [`product_analytics`] is the topology Tally always ran: exact events, unique users, unique
 //! sessions and unique event types per minute, hour and day, overall and per event type.
