@@ -389,6 +389,9 @@ pub fn setup(tag: &str) -> anyhow::Result<(tokio::runtime::Runtime, Stack)> {
     let addr = rt.block_on(async {
         tally_pipeline::kafka::ensure_topics(&s.kafka).await?;
         tally_sinks::clickhouse::migrate(&s.clickhouse).await?;
+        for t in &s.topologies {
+            tally_sinks::clickhouse::topology_schema::migrate_topology(&s.clickhouse, t).await?;
+        }
         let pool = tally_sinks::postgres::connect(&s.postgres).await?;
         tally_jobs::migrate(&pool).await?;
         tally_sinks::postgres::migrate(&pool).await?;
