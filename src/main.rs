@@ -377,7 +377,10 @@ fn run_all(config: &TallyConfig, runtime: &tokio::runtime::Runtime) -> anyhow::R
     result.and(served).and(worked)
 }
 
-async fn app_state(config: &TallyConfig, topologies: &[tally_core::Topology]) -> anyhow::Result<AppState> {
+async fn app_state(
+    config: &TallyConfig,
+    topologies: &[tally_core::Topology],
+) -> anyhow::Result<AppState> {
     let producer = tally_pipeline::kafka::producer_config(&config.kafka)
         .create()
         .context("creating the kafka producer")?;

@@ -169,7 +169,8 @@ async fn correct_topology(
             let stats = recompute(clickhouse, topology, table, window, &starts, now_ns()).await?;
             report.statements += stats.statements;
             report.rows_written += stats.rows_written;
-            let cleared = ledger::settle(pool, &settings.pipeline, &topology.name, &windows).await?;
+            let cleared =
+                ledger::settle(pool, &settings.pipeline, &topology.name, &windows).await?;
             report.corrected += cleared;
             report.remarked += windows.len() as u64 - cleared;
             let label = metric_label(table, &name);

@@ -129,7 +129,10 @@ mod tests {
         let hop = WindowSpec::hopping("1h_15m", 3_600_000, 900_000);
         assert_eq!(window_starts(&hop, DAY_MS, 2 * DAY_MS).count(), 96);
         let day = WindowSpec::tumbling("1d", DAY_MS);
-        assert_eq!(window_starts(&day, DAY_MS, 2 * DAY_MS).collect::<Vec<_>>(), vec![DAY_MS]);
+        assert_eq!(
+            window_starts(&day, DAY_MS, 2 * DAY_MS).collect::<Vec<_>>(),
+            vec![DAY_MS]
+        );
         let t = Topology::builder("t")
             .window(hop.clone())
             .metric(tally_core::Metric::Events)

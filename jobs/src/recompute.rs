@@ -117,8 +117,7 @@ fn chunks(
             (Some(a), Some(b)) => (b + 1 - a) * block_s * 1000,
             _ => 0,
         };
-        if !current.is_empty() && (next.len() > BLOCKS_PER_STATEMENT || span_ms > MAX_CHUNK_MS)
-        {
+        if !current.is_empty() && (next.len() > BLOCKS_PER_STATEMENT || span_ms > MAX_CHUNK_MS) {
             out.push(std::mem::take(&mut current));
             blocks = (from..=to).collect();
         } else {
@@ -274,10 +273,19 @@ mod tests {
         let hop = &t.windows[1];
         let h = 3_600_000;
         // Window metrics: the window's own blocks (of the slide).
-        assert_eq!(blocks_for(&t, RowTable::Windows, hour, 10 * h), (3_600, 10, 10));
-        assert_eq!(blocks_for(&t, RowTable::Windows, hop, 10 * h), (900, 40, 43));
+        assert_eq!(
+            blocks_for(&t, RowTable::Windows, hour, 10 * h),
+            (3_600, 10, 10)
+        );
+        assert_eq!(
+            blocks_for(&t, RowTable::Windows, hop, 10 * h),
+            (900, 40, 43)
+        );
         // Sessions: 2 h 30 min either side, in hour blocks: 07:30 .. 13:30.
-        assert_eq!(blocks_for(&t, RowTable::Sessions, hour, 10 * h), (3_600, 7, 13));
+        assert_eq!(
+            blocks_for(&t, RowTable::Sessions, hour, 10 * h),
+            (3_600, 7, 13)
+        );
     }
 
     #[test]

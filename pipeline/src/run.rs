@@ -74,8 +74,11 @@ struct Shared {
     backlogs: Vec<Arc<AtomicUsize>>,
     /// Operator counts already added to the Prometheus counters (late per topology and window,
     /// duplicates).
-    exported: Mutex<(HashMap<(String, String), u64>, u64)>,
+    exported: Mutex<Exported>,
 }
+
+/// Late counts per (topology, window) and duplicates already exported.
+type Exported = (HashMap<(String, String), u64>, u64);
 
 impl Shared {
     fn stopping(&self) -> bool {
@@ -573,7 +576,11 @@ fn export_metrics(shared: &Shared) {
     let c = &shared.counters;
     if let Ok(mut exported) = shared.exported.lock() {
         let (late, duplicates) = &mut *exported;
-        for ((topology, window), now) in c.late_counts() {
+        let sessions = c
+            .late_session_counts()
+            .into_iter()
+            .map(|(topology, n)| ((topology, "sessions".to_owned()), n));
+        for ((topology, window), now) in c.late_counts().into_iter().chain(sessions) {
             let before = late.entry((topology.clone(), window.clone())).or_insert(0);
             m.late
                 .with_label_values(&[topology.as_str(), window.as_str()])

@@ -132,9 +132,8 @@ impl Tables {
                 continue;
             }
             if !t.filters.is_empty() {
-                let meta = metadata.get_or_insert_with(|| {
-                    serde_json::from_str(&row.metadata).unwrap_or_default()
-                });
+                let meta = metadata
+                    .get_or_insert_with(|| serde_json::from_str(&row.metadata).unwrap_or_default());
                 if !t.accepts(&row.event_type, meta) {
                     continue;
                 }
@@ -172,6 +171,9 @@ struct Batch {
     late: BTreeMap<(String, RowTable, String, u64), i64>,
     last_version: u64,
 }
+
+/// One table's columns and the rows (with versions) a batch writes to it.
+type TableRows = (Vec<Column>, Vec<(RollupRow, u64)>);
 
 /// (topology, table, window, start ms, dimension, value): one rollup aggregate.
 type RowKey = (Arc<str>, RowTable, Arc<str>, u64, Arc<str>, String);
@@ -293,7 +295,7 @@ fn spawn_write(
     let ledger = ctx.ledger.clone();
     let rows = events.len() + rollups.len();
     // One insert per table.
-    let mut by_table: BTreeMap<String, (Vec<Column>, Vec<(RollupRow, u64)>)> = BTreeMap::new();
+    let mut by_table: BTreeMap<String, TableRows> = BTreeMap::new();
     for (row, version) in rollups.into_values() {
         if let Some(table) = ctx.tables.table(&row.topology, row.table) {
             by_table

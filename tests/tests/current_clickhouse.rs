@@ -104,7 +104,11 @@ fn sql_runs_on_current_clickhouse() -> anyhow::Result<()> {
     // as a signup (partition 2 beats 3).
     let first_copies = format!(
         "SELECT * FROM ({}) ORDER BY timestamp_ms",
-        tally_sinks::clickhouse::recompute::events_sql(60, &[t0 as u64 / 60, t0 as u64 / 60 + 1], false)
+        tally_sinks::clickhouse::recompute::events_sql(
+            60,
+            &[t0 as u64 / 60, t0 as u64 / 60 + 1],
+            false
+        )
     );
     let checks = json!([
         {"sql": first_copies, "expect": format!(

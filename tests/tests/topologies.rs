@@ -305,8 +305,8 @@ async fn check_web_sessions(st: &Stack, evs: &[WebEv], from: u64, to: u64) -> an
 }
 
 #[test]
-fn web_sessions_and_product_analytics_run_side_by_side_and_equal_the_oracle(
-) -> anyhow::Result<()> {
+fn web_sessions_and_product_analytics_run_side_by_side_and_equal_the_oracle() -> anyhow::Result<()>
+{
     if !enabled("web_sessions_and_product_analytics_run_side_by_side_and_equal_the_oracle") {
         return Ok(());
     }
@@ -331,7 +331,10 @@ fn web_sessions_and_product_analytics_run_side_by_side_and_equal_the_oracle(
         for chunk in sent.chunks(500) {
             let body = Value::Array(chunk.iter().map(WebEv::json).collect());
             let (status, resp) = post(&st, &body).await?;
-            ensure!(status == 202 || status == 200, "POST /events: {status} {resp}");
+            ensure!(
+                status == 202 || status == 200,
+                "POST /events: {status} {resp}"
+            );
         }
         anyhow::Ok(())
     })?;
@@ -345,9 +348,11 @@ fn web_sessions_and_product_analytics_run_side_by_side_and_equal_the_oracle(
         // The product analytics of the same input (history + live) are unchanged.
         let mut all: Vec<Ev> = evs.iter().map(|e| e.ev.clone()).collect();
         all.extend(distinct(&live));
-        eventually("product_analytics settles", Duration::from_secs(120), || {
-            check_reports(&st, &all, from, to)
-        })
+        eventually(
+            "product_analytics settles",
+            Duration::from_secs(120),
+            || check_reports(&st, &all, from, to),
+        )
         .await
     });
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -355,10 +360,7 @@ fn web_sessions_and_product_analytics_run_side_by_side_and_equal_the_oracle(
     let stopped = pipeline.join();
     let _ = rt.block_on(worker);
     result?;
-    ensure!(
-        matches!(stopped, Ok(Ok(()))),
-        "pipeline: {stopped:?}"
-    );
+    ensure!(matches!(stopped, Ok(Ok(()))), "pipeline: {stopped:?}");
     // The oracle sees sessions: a check that could not fail would be worthless.
     let o = oracle(&evs, HOUR, HOUR);
     ensure!(o.values().any(|x| x.bounced > 0 && x.sessions > x.bounced));
@@ -386,7 +388,11 @@ fn oracle_windows_by_hand() {
         },
         platform: Some(p.into()),
     };
-    let o = oracle(&[ev(0, "ios"), ev(10 * MINUTE, "web"), ev(50 * MINUTE, "web")], HOUR, HOUR);
+    let o = oracle(
+        &[ev(0, "ios"), ev(10 * MINUTE, "web"), ev(50 * MINUTE, "web")],
+        HOUR,
+        HOUR,
+    );
     let all = &o[&(DAY, None)];
     assert_eq!((all.sessions, all.bounced, all.session_events), (2, 1, 3));
     assert_eq!(all.metric("avg_session_duration_s"), Some(300.0));

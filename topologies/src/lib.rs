@@ -8,8 +8,8 @@
 //! [`kit`] runs scripted events through the real dataflow, for golden and property tests.
 
 mod dataflow;
-pub mod kit;
 pub mod file;
+pub mod kit;
 
 pub use dataflow::{build, Outputs};
 

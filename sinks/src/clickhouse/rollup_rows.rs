@@ -24,7 +24,10 @@ pub fn insert_sql(table: &str, columns: &[Column]) -> String {
         .chain(columns.iter().map(|c| c.name.as_str()))
         .chain(["is_final", "version"])
         .collect();
-    format!("INSERT INTO {table} ({}) FORMAT RowBinary", names.join(", "))
+    format!(
+        "INSERT INTO {table} ({}) FORMAT RowBinary",
+        names.join(", ")
+    )
 }
 
 fn put_string(buf: &mut Vec<u8>, s: &str) {
@@ -103,7 +106,10 @@ mod tests {
 
     #[test]
     fn rowbinary_layout_by_hand() {
-        let columns = vec![Component::Events.column(), Component::SessionDurationMs.column()];
+        let columns = vec![
+            Component::Events.column(),
+            Component::SessionDurationMs.column(),
+        ];
         let mut cols = columns.clone();
         cols[1].kind = tally_core::ColumnKind::Float64;
         let row = RollupRow {
