@@ -16,6 +16,9 @@ pub const DLQ: &str = "tally_dlq_events_total";
 pub const LATE: &str = "tally_late_events_total";
 /// Events dropped as repeats of an earlier event id.
 pub const DUPLICATES: &str = "tally_duplicate_events_total";
+/// Contributions (one event, one window, one dimension) merged into a dimension's `__other__`
+/// group because the dimension's `max_values` was reached.
+pub const FOLDED: &str = "tally_dimension_values_folded_total";
 /// Consumer lag per partition (high watermark − next offset to read).
 pub const LAG: &str = "tally_consumer_lag";
 /// Event-time watermark per partition, ms since the epoch.
@@ -50,6 +53,8 @@ pub struct Metrics {
     pub late: IntCounterVec,
     /// See [`DUPLICATES`].
     pub duplicates: IntCounter,
+    /// See [`FOLDED`].
+    pub folded: IntCounter,
     /// See [`LAG`].
     pub lag: IntGaugeVec,
     /// See [`WATERMARK`].
@@ -123,6 +128,10 @@ impl Metrics {
             duplicates: counter(
                 DUPLICATES,
                 "Events dropped from rollups as repeats of an earlier event id.",
+            ),
+            folded: counter(
+                FOLDED,
+                "Contributions merged into a dimension's __other__ group (its max_values reached).",
             ),
             lag: gauge_vec(
                 LAG,

@@ -78,7 +78,7 @@ struct Shared {
 }
 
 /// Late counts per (topology, window) and duplicates already exported.
-type Exported = (HashMap<(String, String), u64>, u64);
+type Exported = (HashMap<(String, String), u64>, u64, u64);
 
 impl Shared {
     fn stopping(&self) -> bool {
@@ -152,7 +152,7 @@ fn run_workers(
         backlogs: (0..workers)
             .map(|_| Arc::new(AtomicUsize::new(0)))
             .collect(),
-        exported: Mutex::new((HashMap::new(), 0)),
+        exported: Mutex::new((HashMap::new(), 0, 0)),
     });
     let (stop_lag, lag_stopped) = std::sync::mpsc::channel::<()>();
     let lag = spawn_lag_exporter(Arc::clone(&shared), lag_stopped);
@@ -575,7 +575,9 @@ fn export_metrics(shared: &Shared) {
     let m = Metrics::get();
     let c = &shared.counters;
     if let Ok(mut exported) = shared.exported.lock() {
-        let (late, duplicates) = &mut *exported;
+        let (late, duplicates, folded) = &mut *exported;
+        m.folded.inc_by(c.folded().saturating_sub(*folded));
+        *folded = c.folded();
         let sessions = c
             .late_session_counts()
             .into_iter()
