@@ -213,10 +213,12 @@ async fn setup() -> Setup {
         .execute(&pool)
         .await
         .expect("frontier");
-    // One window waits for its correction: 1h_15m at 10:15 of web_sessions.
+    // One window waits for its correction: the session metrics of 1h_15m at 10:15 of
+    // web_sessions (its window metrics do not).
     sqlx::query(
-        "INSERT INTO late_windows (pipeline, topology, window_name, window_start_ms, \
-         late_events, pending_since) VALUES ($1, 'web_sessions', '1h_15m', $2, 1, now())",
+        "INSERT INTO late_windows (pipeline, topology, table_kind, window_name, \
+         window_start_ms, late_events, pending_since) \
+         VALUES ($1, 'web_sessions', 'sessions', '1h_15m', $2, 1, now())",
     )
     .bind(&pipeline)
     .bind((T0 + 15 * MIN) as i64)
@@ -360,6 +362,9 @@ async fn hopping_ratios(state: &AppState) {
     // Unrounded: 2/3 in full double precision.
     let text = body["points"][1]["value"].to_string();
     assert_eq!(text, "0.6666666666666666");
+    // The window metrics of the same windows owe no correction.
+    let events = report(state, &format!("{HOP}&metric=events")).await;
+    assert_eq!(events["pending_corrections"], 0, "{events}");
 
     let body = report(state, &format!("{HOP}&metric=avg_session_duration_s")).await;
     // 600 s over 4 sessions; 1 s over 3.

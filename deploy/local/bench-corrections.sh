@@ -48,7 +48,7 @@ for i in $(seq 1 10); do
   printf 'bench|{"event_type":"%s","user_id":"bench","timestamp":%s}\n' "$probe" "$ts" \
     | kcat -P -b "$BROKERS" -t "$TAG" -K '|'
   t0=$(now_ms)
-  until [ "$(ch "SELECT count() FROM rollups WHERE granularity = '1m' AND event_type = '$probe'")" -ge 1 ] 2>/dev/null; do sleep 0.1; done
+  until [ "$(ch "SELECT count() FROM rollups_product_analytics WHERE window_name = '1m' AND dimension = 'event_type' AND value = '$probe'")" -ge 1 ] 2>/dev/null; do sleep 0.1; done
   lags+=($(( $(now_ms) - t0 )))
   sleep 2
 done
@@ -82,7 +82,7 @@ sleep 1
 until [ "$(pending)" -eq 0 ]; do sleep 0.2; done
 t3=$(now_ms)
 echo "every window of the day corrected: $(( t3 - t1 )) ms after the last write ($(( t3 - t2 )) ms after the raw rows)"
-check=$(ch "SELECT sum(e) FROM (SELECT argMax(events, version) AS e FROM rollups WHERE granularity = '1h' AND event_type = '' AND window_start >= toDateTime(${day_start%000}) AND window_start < toDateTime($day_end) GROUP BY window_start)")
+check=$(ch "SELECT sum(e) FROM (SELECT argMax(events, version) AS e FROM rollups_product_analytics WHERE window_name = '1h' AND dimension = '' AND window_start >= toDateTime(${day_start%000}) AND window_start < toDateTime($day_end) GROUP BY window_start)")
 echo "check: 1h rollups of the day sum to $check (written: $N)"
 
 echo "== tally rebuild of that day"

@@ -83,10 +83,10 @@ printf '%s|{"event_type":"bench_marker","user_id":"bench","timestamp":%s}\n' ben
   | kcat -P -b "$BROKERS" -t "$TAG" -K '|'
 end_of_backfill="toDateTime('$(date -u -d "$start + 1 hour" '+%Y-%m-%d %H:%M:%S')', 'UTC')"
 minutes=$(ch "SELECT uniqExact(toStartOfMinute(timestamp)) FROM events WHERE timestamp < $end_of_backfill")
-until [ "$(ch "SELECT count() FROM rollups WHERE granularity = '1m' AND event_type = '' AND is_final = 1 AND window_start < $end_of_backfill")" -ge "$minutes" ] 2>/dev/null; do sleep 0.2; done
+until [ "$(ch "SELECT count() FROM rollups_product_analytics WHERE window_name = '1m' AND dimension = '' AND is_final = 1 AND window_start < $end_of_backfill")" -ge "$minutes" ] 2>/dev/null; do sleep 0.2; done
 t4=$(now_ms)
 echo "final 1m rollups of the backfill ($minutes windows): after $(( t4 - t2 )) ms ($(( N * 1000 / (t4 - t2 + 1) )) events/s end to end)"
-sum=$(ch "SELECT sum(e) FROM (SELECT argMax(events, version) AS e FROM rollups WHERE granularity = '1h' AND event_type = '' AND window_start < $end_of_backfill GROUP BY window_start)")
+sum=$(ch "SELECT sum(e) FROM (SELECT argMax(events, version) AS e FROM rollups_product_analytics WHERE window_name = '1h' AND dimension = '' AND window_start < $end_of_backfill GROUP BY window_start)")
 echo "check: 1h rollups of the backfill sum to $sum events (raw: $(ch 'SELECT count() FROM events FINAL') incl. 1 marker, produced: $N)"
 
 echo "== produce-to-rollup delay (5 probes, pipeline caught up)"
@@ -96,7 +96,7 @@ for i in 1 2 3 4 5; do
   ts=$(now_ms)
   printf '%s|{"event_type":"%s","user_id":"bench","timestamp":%s}\n' bench "$probe" "$ts" \
     | kcat -P -b "$BROKERS" -t "$TAG" -K '|'
-  until [ "$(ch "SELECT count() FROM rollups WHERE granularity = '1m' AND event_type = '$probe'")" -ge 1 ] 2>/dev/null; do sleep 0.05; done
+  until [ "$(ch "SELECT count() FROM rollups_product_analytics WHERE window_name = '1m' AND dimension = 'event_type' AND value = '$probe'")" -ge 1 ] 2>/dev/null; do sleep 0.05; done
   delays+=($(( $(now_ms) - ts )))
 done
 sorted=$(printf '%s\n' "${delays[@]}" | sort -n | tr '\n' ' ')

@@ -443,9 +443,13 @@ fn rebuild_rewrites_a_range_with_the_same_exact_values() -> anyhow::Result<()> {
         rt.block_on(async {
             let ch = tally_sinks::clickhouse::connect(&st.settings.clickhouse, true);
             ch.query(
-                "INSERT INTO rollups SELECT granularity, window_start, event_type, events + 7,
-                     unique_users, unique_sessions, unique_event_types, is_final, version + 1
-                 FROM rollups WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?)",
+                "INSERT INTO rollups_product_analytics (window_name, window_start, dimension,
+                     value, events, unique_users, unique_sessions, unique_event_types, is_final,
+                     version)
+                 SELECT window_name, window_start, dimension, value, events + 7, unique_users,
+                     unique_sessions, unique_event_types, is_final, version + 1
+                 FROM rollups_product_analytics
+                 WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?)",
             )
             .bind((from + DAY) / 1000)
             .bind((from + 2 * DAY) / 1000)
