@@ -578,6 +578,15 @@ fn export_metrics(shared: &Shared) {
         let (late, duplicates, folded) = &mut *exported;
         m.folded.inc_by(c.folded().saturating_sub(*folded));
         *folded = c.folded();
+        // Every (topology, window) series exists from the first export, at 0 until an event
+        // is late for it (so a rate or an alert has a series to read).
+        for t in &shared.settings.topologies {
+            let names = t.windows.iter().map(|w| w.name.as_str());
+            let sessions = t.sessions.is_some().then_some("sessions");
+            for window in names.chain(sessions) {
+                m.late.with_label_values(&[t.name.as_str(), window]);
+            }
+        }
         let sessions = c
             .late_session_counts()
             .into_iter()
