@@ -33,14 +33,8 @@ impl TaskHandler for Correct {
                 .await
                 .map_err(|e| e.to_string())?;
             if report.waiting > 0 {
-                // Soon while the frontier is expected to move; every 15 s once the windows
-                // have waited a minute (the pipeline may be stopped).
                 let now_ms = chrono::Utc::now().timestamp_millis();
-                let delay = if now_ms - report.oldest_waiting_ms < 60_000 {
-                    1_000
-                } else {
-                    15_000
-                };
+                let delay = retry_delay_ms(&report, now_ms);
                 let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
                 ledger::queue_correction(&mut conn, &job.settings.pipeline, Some(delay))
                     .await
@@ -63,6 +57,9 @@ pub struct CorrectionReport {
     pub waiting: u64,
     /// When the oldest of those was first marked, ms since the epoch (`i64::MAX` if none).
     pub oldest_waiting_ms: i64,
+    /// How far the acknowledged frontier is from the earliest close of those, ms (`u64::MAX`
+    /// if none): session windows wait for their sessions to close, a day or more.
+    pub next_close_in_ms: u64,
     /// Raw-event reads run (each covers many windows).
     pub statements: u64,
     /// Rollup rows written.
@@ -95,6 +92,7 @@ pub async fn correct_pending(
 ) -> Result<CorrectionReport, SinkError> {
     let mut report = CorrectionReport {
         oldest_waiting_ms: i64::MAX,
+        next_close_in_ms: u64::MAX,
         ..CorrectionReport::default()
     };
     let frontier = tally_sinks::postgres::acked_frontier(pool, &settings.pipeline)
@@ -134,7 +132,8 @@ async fn correct_topology(
             };
             let start = u64::try_from(p.start_ms).unwrap_or(0);
             // Closed in the acknowledged frontier: its final rows (time = close) are stored.
-            if closes_at(topology, p.table, window, start, settings.grace_ms) < frontier {
+            let close = closes_at(topology, p.table, window, start, settings.grace_ms);
+            if close < frontier {
                 ready
                     .entry((p.table, window.name.clone()))
                     .or_default()
@@ -142,6 +141,7 @@ async fn correct_topology(
             } else {
                 report.waiting += 1;
                 report.oldest_waiting_ms = report.oldest_waiting_ms.min(p.pending_since_ms);
+                report.next_close_in_ms = report.next_close_in_ms.min(close + 1 - frontier);
             }
         }
         if !unknown.is_empty() {
@@ -191,6 +191,22 @@ async fn correct_topology(
     }
 }
 
+/// When to look again at windows waiting for the frontier: soon (1 s) while the frontier is
+/// expected to reach them any moment, every 15 s once they have waited a minute (the pipeline
+/// may be stopped); and, when the earliest close is more than a minute of event time away
+/// (session windows close a day after their end), at about that close, at most 10 min later.
+/// A late event marked meanwhile queues the job at once (`ledger::queue_correction`).
+fn retry_delay_ms(report: &CorrectionReport, now_ms: i64) -> u64 {
+    if report.next_close_in_ms > 60_000 {
+        return report.next_close_in_ms.min(600_000);
+    }
+    if now_ms - report.oldest_waiting_ms < 60_000 {
+        1_000
+    } else {
+        15_000
+    }
+}
+
 /// The `window` label of the correction metrics: the window name, prefixed `sessions:` for
 /// session metrics.
 fn metric_label(table: RowTable, window: &str) -> String {
@@ -203,4 +219,25 @@ fn metric_label(table: RowTable, window: &str) -> String {
 /// The wall clock in ns since the epoch (rollup versions).
 pub(crate) fn now_ns() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn far_closes_are_awaited_without_polling() {
+        let now = 1_000_000_000;
+        let report = |next_close_in_ms, waited_ms| CorrectionReport {
+            waiting: 1,
+            oldest_waiting_ms: now - waited_ms,
+            next_close_in_ms,
+            ..CorrectionReport::default()
+        };
+        assert_eq!(retry_delay_ms(&report(500, 0), now), 1_000);
+        assert_eq!(retry_delay_ms(&report(500, 120_000), now), 15_000);
+        // A session window a day from closing: look again in 10 min, not every 15 s.
+        assert_eq!(retry_delay_ms(&report(86_400_000, 0), now), 600_000);
+        assert_eq!(retry_delay_ms(&report(90_000, 0), now), 90_000);
+    }
 }

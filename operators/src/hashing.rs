@@ -6,10 +6,9 @@
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 
-/// 128-bit stable hash of a string id.
-pub fn hash128(s: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(s.as_bytes())
-}
+/// 128-bit stable hash of a string id: the event contract's (`tally_core::event::hash128`),
+/// so stored stable ids and the operators' identities can never disagree.
+pub use tally_core::event::hash128;
 
 /// 64-bit stable hash of a string id.
 pub fn hash64(s: &str) -> u64 {

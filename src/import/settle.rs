@@ -141,9 +141,12 @@ pub async fn wait_until_settled(
                 failed.last_error.as_deref().unwrap_or("no error recorded")
             );
         }
-        let correcting = jobs
-            .iter()
-            .any(|j| j.kind == "correct" && (j.locked_at.is_some() || !j.superseded));
+        // A correction running, or queued to run now (one scheduled later only waits for
+        // windows that cannot be corrected yet, e.g. session windows a day from closing).
+        let soon = chrono::Utc::now() + chrono::Duration::seconds(2);
+        let correcting = jobs.iter().any(|j| {
+            j.kind == "correct" && (j.locked_at.is_some() || (!j.superseded && j.run_at <= soon))
+        });
         if pending == 0 && !correcting {
             quiet += 1;
         } else {

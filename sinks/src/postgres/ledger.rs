@@ -121,7 +121,10 @@ pub fn pipeline_flag(pipeline: &str) -> String {
 /// Queues `pipeline`'s `correct` job (job key `correct:<pipeline>`: at most one waiting; if one
 /// is running, a new one is queued, so marks that arrive during a correction are corrected after
 /// it; named queue `correct:<pipeline>`: they run one at a time, never two over the same
-/// windows). `delay_ms` postpones it (used to retry windows that cannot be corrected yet).
+/// windows). `delay_ms` postpones it (used to retry windows that cannot be corrected yet; an
+/// earlier waiting job keeps its time, `preserve_run_at`); without a delay the job runs now,
+/// also when a waiting one was scheduled later (`replace`: a new late event is corrected at once
+/// even while session windows wait a day for theirs).
 pub async fn queue_correction(
     conn: &mut sqlx::PgConnection,
     pipeline: &str,
@@ -132,11 +135,16 @@ pub async fn queue_correction(
         "SELECT graphile_worker.add_job('correct', '{}'::json,
              run_at := now() + make_interval(secs => $1::double precision / 1000),
              queue_name := $2, job_key := $2, flags := ARRAY[$3],
-             job_key_mode := 'preserve_run_at')",
+             job_key_mode := $4)",
     )
     .bind(delay)
     .bind(format!("correct:{pipeline}"))
     .bind(pipeline_flag(pipeline))
+    .bind(if delay_ms.is_some() {
+        "preserve_run_at"
+    } else {
+        "replace"
+    })
     .execute(conn)
     .await
     .map(|_| ())
