@@ -222,10 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// changed since (exit 78: run `tally migrate`), ClickHouse unreachable.
 async fn topologies(config: &TallyConfig) -> anyhow::Result<Vec<tally_core::Topology>> {
     let loaded = config.topologies.load()?;
-    let resolved =
-        tally_sinks::clickhouse::topology_schema::current_tables(&config.clickhouse, &loaded)
-            .await?;
-    Ok(resolved)
+    Ok(tally_pipeline::resolve_topologies(&config.postgres, &config.clickhouse, &loaded).await?)
 }
 
 /// What the job worker needs from the configuration.

@@ -25,4 +25,5 @@ pub use error::{ExitClass, PipelineError};
 pub use health::{Health, HealthSnapshot, PipelineState};
 pub use offsets::PendingOffsets;
 pub use run::{run, run_with_health, PipelineSettings};
+pub use startup::resolve_topologies;
 pub use watermark::{combine, past_idle, Combined, Mark, Watermarks};

@@ -34,13 +34,7 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 /// process runs this pipeline), [`PipelineError::RetentionGap`] (unread messages deleted).
 pub(crate) async fn check(s: &PipelineSettings) -> Result<Started, PipelineError> {
     let pg_address = postgres::redact(&s.postgres.url);
-    let pool = postgres::connect(&s.postgres)
-        .await
-        .map_err(|e| unavailable("postgres", &pg_address, e))?;
-    let pending = postgres::pending_migrations(&pool)
-        .await
-        .map_err(|e| unavailable("postgres", &pg_address, e))?;
-    not_migrated("PostgreSQL schema", &pending)?;
+    let pool = check_postgres(&s.postgres).await?;
     let pending = tally_sinks::clickhouse::pending_migrations(&s.clickhouse)
         .await
         .map_err(|e| unavailable("clickhouse", &s.clickhouse.url, e))?;
@@ -74,6 +68,45 @@ pub(crate) async fn check(s: &PipelineSettings) -> Result<Started, PipelineError
         partitions,
         lease,
     })
+}
+
+/// Connects to PostgreSQL and checks its schema is migrated.
+async fn check_postgres(
+    config: &tally_sinks::postgres::PostgresConfig,
+) -> Result<sqlx::PgPool, PipelineError> {
+    let pg_address = postgres::redact(&config.url);
+    let pool = postgres::connect(config)
+        .await
+        .map_err(|e| unavailable("postgres", &pg_address, e))?;
+    let pending = postgres::pending_migrations(&pool)
+        .await
+        .map_err(|e| unavailable("postgres", &pg_address, e))?;
+    not_migrated("PostgreSQL schema", &pending)?;
+    Ok(pool)
+}
+
+/// The topologies with their tables resolved to the versions `tally migrate` created
+/// (`tally_sinks::clickhouse::topology_schema::current_tables`), checked like the rest of the
+/// startup: a wrong password is a configuration error naming `clickhouse.user/clickhouse.password`
+/// (exit 78), a missing schema or a topology changed since `tally migrate` says to run it (exit
+/// 78), an unreachable server is unavailable (exit 69).
+/// PostgreSQL is checked first, as `tally run` does.
+pub async fn resolve_topologies(
+    postgres: &tally_sinks::postgres::PostgresConfig,
+    clickhouse: &tally_sinks::clickhouse::ClickHouseConfig,
+    topologies: &[tally_core::Topology],
+) -> Result<Vec<tally_core::Topology>, PipelineError> {
+    check_postgres(postgres).await?.close().await;
+    let pending = tally_sinks::clickhouse::pending_migrations(clickhouse)
+        .await
+        .map_err(|e| unavailable("clickhouse", &clickhouse.url, e))?;
+    not_migrated(
+        &format!("ClickHouse schema of database `{}`", clickhouse.database),
+        &pending,
+    )?;
+    tally_sinks::clickhouse::topology_schema::current_tables(clickhouse, topologies)
+        .await
+        .map_err(|e| unavailable("clickhouse", &clickhouse.url, e))
 }
 
 fn unavailable(service: &'static str, address: &str, e: SinkError) -> PipelineError {

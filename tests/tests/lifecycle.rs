@@ -296,7 +296,9 @@ fn tally_all_reports_health_drains_on_sigterm_and_stops_on_a_fatal_error() -> an
     ))?;
     rt.block_on(async {
         let ch = tally_sinks::clickhouse::connect(&st.settings.clickhouse, true);
-        ch.query("DROP TABLE rollups").execute().await
+        ch.query("DROP TABLE rollups_product_analytics")
+            .execute()
+            .await
     })?;
     let more = events(&mut rng, now - 60_000, 30_000, 50);
     rt.block_on(produce(&st, &more))?;
