@@ -258,13 +258,22 @@ pub async fn jobs(config: &TallyConfig, args: &JobsArgs) -> anyhow::Result<()> {
         let _ = writeln!(out, "late-event ledger (latest {}):", entries.len());
         let _ = writeln!(
             out,
-            "  {:<6} {:<20} {:>11} {:>11}  {:<8} {:<20}  last corrected",
-            "window", "start", "late events", "corrections", "pending", "last late event"
+            "  {:<18} {:<8} {:<7} {:<20} {:>11} {:>11}  {:<8} {:<20}  last corrected",
+            "topology",
+            "metrics",
+            "window",
+            "start",
+            "late events",
+            "corrections",
+            "pending",
+            "last late event"
         );
         for e in entries {
             let _ = writeln!(
                 out,
-                "  {:<6} {:<20} {:>11} {:>11}  {:<8} {:<20}  {}",
+                "  {:<18} {:<8} {:<7} {:<20} {:>11} {:>11}  {:<8} {:<20}  {}",
+                e.topology,
+                e.table_kind,
                 e.window_name,
                 rfc3339(e.window_start_ms),
                 e.late_events,

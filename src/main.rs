@@ -221,7 +221,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// migrate` created. Errors: a topology file error (exit 65/78), a topology not migrated or
 /// changed since (exit 78: run `tally migrate`), ClickHouse unreachable.
 async fn topologies(config: &TallyConfig) -> anyhow::Result<Vec<tally_core::Topology>> {
-    let loaded = config.topologies.load()?;
+    // A bad topology file is a configuration error of this command (exit 78), as in
+    // `tally.toml`; `tally topology validate` exits 65 for the same file.
+    let loaded = config.topologies.load().context(InvalidConfig)?;
     Ok(tally_pipeline::resolve_topologies(&config.postgres, &config.clickhouse, &loaded).await?)
 }
 
@@ -254,7 +256,7 @@ fn stack(command: &str) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: &TallyConfig) -> anyhow::Result<()> {
-    let topologies = config.topologies.load()?;
+    let topologies = config.topologies.load().context(InvalidConfig)?;
     let created = tally_pipeline::kafka::ensure_topics(&config.kafka).await?;
     println!(
         "kafka: topics created: {}",

@@ -475,10 +475,18 @@ fn check_metrics(t: &Topology) -> Result<(), TopologyError> {
     for c in t.metrics.iter().flat_map(Metric::components) {
         let col = c.column();
         if let Some((_, other)) = seen.iter().find(|(n, o)| *n == col.name && *o != c) {
+            let field = |c: &Component| match c {
+                Component::FieldSum(p) | Component::FieldCount(p) | Component::FieldMax(p) => {
+                    p.to_string()
+                }
+                other => other.column().name,
+            };
             return Err(invalid(
                 "metrics",
                 format!(
-                    "{c:?} and {other:?} would both be stored as column {:?}",
+                    "{} and {} would both be stored as column {:?}: rename one field",
+                    field(&c),
+                    field(other),
                     col.name
                 ),
             ));

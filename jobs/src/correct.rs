@@ -175,10 +175,12 @@ async fn correct_topology(
             report.remarked += windows.len() as u64 - cleared;
             let label = metric_label(table, &name);
             m.corrected
-                .with_label_values(&[label.as_str()])
+                .with_label_values(&[topology.name.as_str(), label.as_str()])
                 .inc_by(windows.len() as u64);
             let now_ms = chrono::Utc::now().timestamp_millis();
-            let delay = m.correction_delay.with_label_values(&[label.as_str()]);
+            let delay = m
+                .correction_delay
+                .with_label_values(&[topology.name.as_str(), label.as_str()]);
             for w in &windows {
                 delay.observe((now_ms - w.pending_since_ms).max(0) as f64 / 1000.0);
             }
@@ -194,11 +196,11 @@ async fn correct_topology(
 /// When to look again at windows waiting for the frontier: soon (1 s) while the frontier is
 /// expected to reach them any moment, every 15 s once they have waited a minute (the pipeline
 /// may be stopped); and, when the earliest close is more than a minute of event time away
-/// (session windows close a day after their end), at about that close, at most 10 min later.
+/// (session windows close a day after their end), at about that close, at most a minute later.
 /// A late event marked meanwhile queues the job at once (`ledger::queue_correction`).
 fn retry_delay_ms(report: &CorrectionReport, now_ms: i64) -> u64 {
     if report.next_close_in_ms > 60_000 {
-        return report.next_close_in_ms.min(600_000);
+        return report.next_close_in_ms.min(60_000);
     }
     if now_ms - report.oldest_waiting_ms < 60_000 {
         1_000
@@ -236,8 +238,8 @@ mod tests {
         };
         assert_eq!(retry_delay_ms(&report(500, 0), now), 1_000);
         assert_eq!(retry_delay_ms(&report(500, 120_000), now), 15_000);
-        // A session window a day from closing: look again in 10 min, not every 15 s.
-        assert_eq!(retry_delay_ms(&report(86_400_000, 0), now), 600_000);
-        assert_eq!(retry_delay_ms(&report(90_000, 0), now), 90_000);
+        // A session window a day from closing: look again in a minute, not every 15 s.
+        assert_eq!(retry_delay_ms(&report(86_400_000, 0), now), 60_000);
+        assert_eq!(retry_delay_ms(&report(61_000, 120_000), now), 60_000);
     }
 }

@@ -18,7 +18,7 @@ pub const FAILURES: &str = "tally_job_failures_total";
 pub const PENDING_CORRECTIONS: &str = "tally_pending_corrections";
 /// Age of the oldest pending correction, s (0 when none).
 pub const CORRECTION_LAG: &str = "tally_correction_lag_seconds";
-/// Windows corrected, by window.
+/// Windows corrected, by topology and window.
 pub const CORRECTED: &str = "tally_corrected_windows_total";
 /// Seconds from a window's first pending late event to its correction, by window.
 pub const CORRECTION_DELAY: &str = "tally_correction_delay_seconds";
@@ -78,14 +78,16 @@ impl Metrics {
             .unwrap(),
             corrected: register_int_counter_vec!(
                 CORRECTED,
-                "Windows recomputed from raw events, by window.",
-                &["window"]
+                "Windows recomputed from raw events, by topology and window (`sessions:<window>` \
+                 for session metrics).",
+                &["topology", "window"]
             )
             .unwrap(),
             correction_delay: register_histogram_vec!(
                 CORRECTION_DELAY,
-                "Seconds from a window's first pending late event to its correction, by window.",
-                &["window"],
+                "Seconds from a window's first pending late event to its correction, by topology \
+                 and window.",
+                &["topology", "window"],
                 prometheus::exponential_buckets(0.25, 2.0, 14).unwrap()
             )
             .unwrap(),

@@ -147,9 +147,18 @@ pub(super) fn changes(old: &TableDefinition, new: &TableDefinition) -> Vec<Chang
         )));
     }
     if old.sessions != new.sessions {
+        let text = |s: &Option<tally_core::SessionSpec>| match s {
+            None => "none".to_owned(),
+            Some(s) => format!(
+                "gap {}, max_duration {}",
+                tally_core::WindowSpec::format_duration(s.gap_ms),
+                tally_core::WindowSpec::format_duration(s.max_duration_ms)
+            ),
+        };
         out.push(Breaking(format!(
-            "sessions changed from {:?} to {:?}",
-            old.sessions, new.sessions
+            "sessions changed from {} to {}",
+            text(&old.sessions),
+            text(&new.sessions)
         )));
     }
     for c in &new.columns {
