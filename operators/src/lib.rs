@@ -27,4 +27,4 @@ pub use observation::{Observation, OperatorCounters};
 pub use point::Point;
 pub use rollup::WindowRollup;
 pub use session::{session_rows, SessionRollup};
-pub use window::{late_windows, settled_after};
+pub use window::{late_windows, settled_after, LateRule};

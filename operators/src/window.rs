@@ -25,28 +25,62 @@ pub fn late_windows(
     grace_ms: u64,
 ) -> Vec<(RowTable, String, u64)> {
     let mut out: Vec<(RowTable, String, u64)> = Vec::new();
-    if topology.has(RowTable::Windows) {
-        for w in &topology.windows {
-            out.extend(
-                w.late_starts(ts_ms, read_time, grace_ms)
-                    .map(|s| (RowTable::Windows, w.name.clone(), s)),
-            );
-        }
-    }
-    if let Some(spec) = session_spec(topology) {
-        if spec.is_late(ts_ms, read_time, grace_ms) {
-            let (from, to) = spec.affected_starts(ts_ms);
-            for w in &topology.windows {
-                out.extend(
-                    w.starts_overlapping(from, to)
-                        .map(|s| (RowTable::Sessions, w.name.clone(), s)),
-                );
-            }
-        }
-    }
+    LateRule::of(topology).each(topology, ts_ms, read_time, grace_ms, |table, w, start| {
+        out.push((table, topology.windows[w].name.clone(), start));
+    });
     out.sort();
     out.dedup();
     out
+}
+
+/// [`late_windows`] for callers that judge many events (the sink: every kept raw event): what
+/// it needs of a topology, computed once, and a walk that allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LateRule {
+    /// Whether the topology stores window metrics.
+    windows: bool,
+    /// Its sessions, when it stores session metrics.
+    sessions: Option<SessionSpec>,
+}
+
+impl LateRule {
+    /// The rule of `topology`.
+    pub fn of(topology: &Topology) -> LateRule {
+        LateRule {
+            windows: topology.has(RowTable::Windows),
+            sessions: session_spec(topology),
+        }
+    }
+
+    /// Calls `f(table, index of the window kind in topology.windows, window start)` for every
+    /// window [`late_windows`] lists (possibly with repeats for session windows: a window kind
+    /// may be reached by both rules, never by one twice).
+    pub fn each(
+        &self,
+        topology: &Topology,
+        ts_ms: u64,
+        read_time: u64,
+        grace_ms: u64,
+        mut f: impl FnMut(RowTable, usize, u64),
+    ) {
+        if self.windows {
+            for (i, w) in topology.windows.iter().enumerate() {
+                for s in w.late_starts(ts_ms, read_time, grace_ms) {
+                    f(RowTable::Windows, i, s);
+                }
+            }
+        }
+        if let Some(spec) = self.sessions {
+            if spec.is_late(ts_ms, read_time, grace_ms) {
+                let (from, to) = spec.affected_starts(ts_ms);
+                for (i, w) in topology.windows.iter().enumerate() {
+                    for s in w.starts_overlapping(from, to) {
+                        f(RowTable::Sessions, i, s);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The session spec of a topology that stores session metrics.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tally_core::{Column, RollupRow, RowTable, Topology};
-use tally_operators::late_windows;
+use tally_operators::LateRule;
 use tally_sinks::clickhouse::{ClickHouseWriter, EventRow};
 use tally_sinks::postgres::ledger::{self, LateMark};
 use timely::container::CapacityContainerBuilder;
@@ -76,9 +76,18 @@ pub struct Table {
     pub columns: Vec<Column>,
 }
 
+/// One topology as the sink writes it: its tables, and its late rule.
+#[derive(Clone, Debug)]
+struct Written {
+    topology: Topology,
+    windows: Option<Table>,
+    sessions: Option<Table>,
+    late: LateRule,
+}
+
 /// The topologies the sink writes for, with their tables.
 #[derive(Clone, Debug)]
-pub struct Tables(Vec<(Topology, Option<Table>, Option<Table>)>);
+pub struct Tables(Vec<Written>);
 
 impl Tables {
     /// The tables of `topologies` (a table without columns is not written).
@@ -93,12 +102,11 @@ impl Tables {
         Tables(
             topologies
                 .iter()
-                .map(|t| {
-                    (
-                        t.clone(),
-                        table(t, RowTable::Windows),
-                        table(t, RowTable::Sessions),
-                    )
+                .map(|t| Written {
+                    topology: t.clone(),
+                    windows: table(t, RowTable::Windows),
+                    sessions: table(t, RowTable::Sessions),
+                    late: LateRule::of(t),
                 })
                 .collect(),
         )
@@ -106,29 +114,37 @@ impl Tables {
 
     /// The table `row` goes to.
     fn table(&self, topology: &str, kind: RowTable) -> Option<&Table> {
-        let (_, windows, sessions) = self.0.iter().find(|(t, ..)| t.name == topology)?;
+        let w = self.0.iter().find(|w| w.topology.name == topology)?;
         match kind {
-            RowTable::Windows => windows.as_ref(),
-            RowTable::Sessions => sessions.as_ref(),
+            RowTable::Windows => w.windows.as_ref(),
+            RowTable::Sessions => w.sessions.as_ref(),
         }
     }
 
-    /// Every window of every topology that an event at `ts_ms` (type `event_type`, metadata
-    /// as JSON text) read at `read_time` is late for: `(topology, table, window, start)`.
-    /// Topologies whose filters reject the event are skipped (the metadata is parsed only
-    /// when a filter needs it).
-    fn late_windows(
+    /// Counts one event at `row`'s time, read at `read_time`, in `late` for every window of
+    /// every topology it is late for (`tally_operators::late_windows`), keyed by (topology
+    /// index, table, window-kind index, start). Topologies whose filters reject the event are
+    /// skipped (the metadata is parsed only when a filter needs it). Allocates nothing for an
+    /// event late for nothing, and only map entries otherwise.
+    fn mark_late(
         &self,
         row: &EventRow,
         read_time: u64,
         grace_ms: u64,
-    ) -> Vec<(String, RowTable, String, u64)> {
+        counted: i64,
+        late: &mut BTreeMap<LateKey, i64>,
+    ) {
         let ts_ms = u64::try_from(row.timestamp_ms).unwrap_or(0);
-        let mut out = Vec::new();
         let mut metadata: Option<serde_json::Map<String, serde_json::Value>> = None;
-        for (t, ..) in &self.0 {
-            let late = late_windows(t, ts_ms, read_time, grace_ms);
-            if late.is_empty() {
+        let mut found: Vec<LateKey> = Vec::new();
+        for (ti, w) in self.0.iter().enumerate() {
+            found.clear();
+            let t = &w.topology;
+            w.late
+                .each(t, ts_ms, read_time, grace_ms, |table, wi, start| {
+                    found.push((ti, table, wi, start));
+                });
+            if found.is_empty() {
                 continue;
             }
             if !t.filters.is_empty() {
@@ -138,12 +154,19 @@ impl Tables {
                     continue;
                 }
             }
-            out.extend(
-                late.into_iter()
-                    .map(|(table, window, start)| (t.name.clone(), table, window, start)),
-            );
+            found.sort_unstable();
+            found.dedup();
+            for key in &found {
+                *late.entry(*key).or_default() += counted;
+            }
         }
-        out
+    }
+
+    /// The topology and window names of a [`LateKey`].
+    fn names(&self, key: &LateKey) -> Option<(&str, &str)> {
+        let w = self.0.get(key.0)?;
+        let window = w.topology.windows.get(key.2)?;
+        Some((w.topology.name.as_str(), window.name.as_str()))
     }
 }
 
@@ -166,11 +189,13 @@ struct Batch {
     events: Vec<EventRow>,
     /// The newest row per key, with its version.
     rollups: HashMap<RowKey, (RollupRow, u64)>,
-    /// Late events per closed window: (topology, table, window, start ms) -> events (replays
-    /// not counted).
-    late: BTreeMap<(String, RowTable, String, u64), i64>,
+    /// Late events per closed window -> events (replays not counted).
+    late: BTreeMap<LateKey, i64>,
     last_version: u64,
 }
+
+/// A closed window an event was late for: (topology index, table, window-kind index, start ms).
+type LateKey = (usize, RowTable, usize, u64);
 
 /// One table's columns and the rows (with versions) a batch writes to it.
 type TableRows = (Vec<Column>, Vec<(RollupRow, u64)>);
@@ -229,9 +254,13 @@ pub fn clickhouse_sink<'scope>(
                     for record in data.drain(..) {
                         match record {
                             SinkRecord::Event(e, replayed) => {
-                                for key in ctx.tables.late_windows(&e, read_time, late.grace_ms) {
-                                    *batch.late.entry(key).or_default() += i64::from(!replayed);
-                                }
+                                ctx.tables.mark_late(
+                                    &e,
+                                    read_time,
+                                    late.grace_ms,
+                                    i64::from(!replayed),
+                                    &mut batch.late,
+                                );
                                 batch.events.push(e);
                             }
                             SinkRecord::Rollup(r) => batch.add_rollup(r),
@@ -284,13 +313,19 @@ fn spawn_write(
         ..
     } = batch;
     let mut marks: BTreeMap<String, Vec<LateMark>> = BTreeMap::new();
-    for ((topology, table, window, start_ms), late_events) in late {
-        marks.entry(topology).or_default().push(LateMark {
-            table,
-            window,
-            start_ms: i64::try_from(start_ms).unwrap_or(i64::MAX),
-            late_events,
-        });
+    for (key, late_events) in late {
+        let Some((topology, window)) = ctx.tables.names(&key) else {
+            continue;
+        };
+        marks
+            .entry(topology.to_owned())
+            .or_default()
+            .push(LateMark {
+                table: key.1,
+                window: window.to_owned(),
+                start_ms: i64::try_from(key.3).unwrap_or(i64::MAX),
+                late_events,
+            });
     }
     let ledger = ctx.ledger.clone();
     let rows = events.len() + rollups.len();
