@@ -23,8 +23,8 @@ impl Default for SessionSpec {
 
 impl SessionSpec {
     /// How long after a session's last event its rows can still change because of an event
-    /// that is not late (read before `ts + gap + grace`): `2 * gap + grace`. The session
-    /// operator keeps a user's session that long.
+    /// that is not late (read before `ts + gap + grace`): `2 * gap + grace`. (The session
+    /// operator keeps a session longer, until its windows close, to apply late events.)
     pub fn open_after_last_ms(&self, grace_ms: u64) -> u64 {
         2 * self.gap_ms + grace_ms
     }
@@ -38,7 +38,8 @@ impl SessionSpec {
 
     /// Whether an event at `ts_ms` read when the watermark was `read_time` is late for
     /// sessions: the sessions it could change may already be settled (`read_time >= ts + gap +
-    /// grace`). A late event's sessions are corrected from the raw events.
+    /// grace`). The session operator applies a late event only where that is exact; its
+    /// sessions are corrected from the raw events.
     pub fn is_late(&self, ts_ms: u64, read_time: u64, grace_ms: u64) -> bool {
         ts_ms + self.gap_ms + grace_ms <= read_time
     }

@@ -71,8 +71,9 @@ impl OperatorCounters {
     }
 
     /// Adds `n` events that were late for `topology`'s sessions
-    /// ([`tally_core::SessionSpec::is_late`]; replays excepted): not applied, their session
-    /// windows are corrected from the raw events.
+    /// ([`tally_core::SessionSpec::is_late`]; replays excepted) and could not be applied
+    /// exactly (see [`crate::SessionRollup`]): their session windows are corrected from the raw
+    /// events.
     pub fn add_late_sessions(&self, topology: &str, n: u64) {
         if n == 0 {
             return;

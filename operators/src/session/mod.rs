@@ -44,20 +44,33 @@ use windows::{fold, Counts, Delta, Plan, Slot, SlotSums};
 /// - Out-of-order events re-sessionize their user: a session they merge, extend or move (the
 ///   `max_duration` cuts shift) is retracted from its windows and its replacement added, so
 ///   the settled rows equal sessionizing the sorted events.
-/// - An event is late for sessions when `SessionSpec::is_late(ts, read_time, grace)`: counted
-///   ([`crate::OperatorCounters::late_sessions`], replays excepted) and not applied; its
-///   session windows are corrected from the raw events with [`session_rows`].
+/// - An event is late for sessions when `SessionSpec::is_late(ts, read_time, grace)`. It is
+///   applied like an on-time one when that is exact: it is more than `gap` after every session
+///   of its user already forgotten (so it cannot join one, and the `max_duration` cuts before
+///   it stay), and every session window the sessions it changes (old and new) count in is
+///   still open at its read time. Otherwise it is counted
+///   ([`crate::OperatorCounters::late_sessions`], replays excepted) and not applied. Either
+///   way its session windows are marked late by the pipeline and corrected from the raw events
+///   with [`session_rows`] once closed (which rewrites the same rows when it was applied and
+///   nothing else was refused).
 ///
 /// # Dataflow and state
 /// Stage 1 (exchanged by user) keeps each user's events sorted and the sessions last emitted
-/// for them; an on-time batch re-sessionizes the user from the last session starting before
-/// its earliest event and sends signed deltas (−old, +new) per (window, start, dimension,
-/// value), summed per batch (work per batch and user: the user's kept events from that
-/// session on, i.e. the last session for events in order). A user's session and its events are forgotten once the frontier
-/// reaches its last event + `open_after_last_ms(grace)` (`2 gap + grace`): an on-time event is
-/// then more than `gap` after it and cannot change it. Memory per active user: about 150 bytes,
-/// plus 16 per kept event, 32 per kept session and one entry per distinct combination of
-/// dimension values (16 + 24 per dimension + the text).
+/// for them; a batch re-sessionizes the user from the last session starting before its
+/// earliest event and sends signed deltas (−old, +new) per (window, start, dimension, value),
+/// summed per batch (work per batch and user: the user's kept events from that session on,
+/// i.e. the last session for events in order; late events are first inserted into a copy of
+/// the user's state, and one at a time if not all of them can be applied). A session and its
+/// events are forgotten once the frontier reaches the latest close time of the session windows
+/// it counts in (for a session starting at `t`: the latest over window kinds of the last window
+/// start containing `t` + size + `window_delay_ms(grace)`, about `size + max_duration + 2 gap +
+/// grace` after `t`); the user keeps `pruned_until`, the last event of its forgotten sessions.
+/// A user with no session left is dropped once the frontier reaches that latest close for a
+/// session starting at `pruned_until + gap`: any event it could refuse then starts a session
+/// whose windows are closed. Memory per user with kept state: about 150 bytes, plus 16 per
+/// kept event, 32 per kept session and one entry per distinct combination of dimension values
+/// among the kept events (16 + 24 per dimension + the text). With the default spec a session's
+/// events are kept until 25 h + grace after the end of the last window containing its start.
 ///
 /// Stage 2 (exchanged by (window, start, dimension), so the cap sees all values of a slot)
 /// sums the deltas per group, emits provisional rows for changed groups on each tick, and the
@@ -70,7 +83,8 @@ pub trait SessionRollup<'scope> {
     /// (semantics above). Rows have `table = RowTable::Sessions`; a provisional row for each group that changed is emitted
     /// on every record of `ticks`, and the final rows of a window at dataflow time (window end
     /// plus `SessionSpec::window_delay_ms(grace_ms)`). A topology without sessions (or without a
-    /// session metric) gives no rows. Events late for sessions are counted in `counters`.
+    /// session metric) gives no rows. Events late for sessions that are not applied are counted in
+    /// `counters`.
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
@@ -132,6 +146,11 @@ impl<'scope> SessionRollup<'scope> for StreamVec<'scope, u64, Point> {
     }
 }
 
+/// An event to insert in stage 1: time (ms), dimension values.
+type Event = (u64, Vec<String>);
+/// A late event for stage 1: time (ms), dimension values, replayed.
+type Late = (u64, Vec<String>, bool);
+
 /// Stage 1: per user, sorted events → signed session deltas per group.
 fn by_user<'scope>(
     points: StreamVec<'scope, u64, Point>,
@@ -139,38 +158,51 @@ fn by_user<'scope>(
     counters: OperatorCounters,
 ) -> StreamVec<'scope, u64, Delta> {
     let route = Exchange::new(|p: &Point| (p.user as u64) ^ ((p.user >> 64) as u64));
-    let open_ms = plan.spec.open_after_last_ms(plan.grace_ms);
+    let gap_ms = plan.spec.gap_ms;
     points.unary_frontier(route, "SessionUsers", move |_cap, _info| {
         let mut users: HashMap<u128, UserSessions> = HashMap::new();
-        // (time the user's first kept session settles, user)
+        // (time the user's first kept session can be forgotten, or the user dropped; user)
         let mut due: BTreeSet<(u64, u128)> = BTreeSet::new();
         move |(input, frontier), output| {
+            let forget_at = |t: u64| plan.close_range(t).1;
             input.for_each(|cap, batch| {
                 let Some(&read_time) = cap.least() else {
                     return;
                 };
-                let mut by_user: HashMap<u128, Vec<(u64, Vec<String>)>> = HashMap::new();
+                // Per user: on-time events, and late ones.
+                let mut by_user: HashMap<u128, (Vec<Event>, Vec<Late>)> = HashMap::new();
                 for p in batch.drain(..) {
+                    let entry = by_user.entry(p.user).or_default();
                     if plan.spec.is_late(p.ts_ms, read_time, plan.grace_ms) {
-                        if !p.replayed {
-                            counters.add_late_sessions(plan.topology(), 1);
-                        }
-                        continue;
+                        entry.1.push((p.ts_ms, p.groups, p.replayed));
+                    } else {
+                        entry.0.push((p.ts_ms, p.groups));
                     }
-                    by_user.entry(p.user).or_default().push((p.ts_ms, p.groups));
                 }
                 let mut sums: HashMap<(Slot, String), Counts> = HashMap::new();
-                for (user, events) in by_user {
+                let mut refused = 0;
+                for (user, (on_time, late)) in by_user {
                     let state = users.entry(user).or_default();
-                    let before = state.due(open_ms);
-                    let (removed, added) = state.insert(&plan.spec, events);
-                    for (sign, sessions) in [(-1, removed), (1, added)] {
-                        for s in sessions {
-                            let summary = (s.first_ms, s.last_ms, s.events);
-                            plan.attribute(summary, state.groups(&s), sign, &mut sums);
-                        }
+                    let before = state.due(gap_ms, forget_at);
+                    if !on_time.is_empty() {
+                        // An on-time event is more than `gap` after every forgotten session
+                        // and changes only sessions whose windows are open (see the trait
+                        // docs).
+                        debug_assert!(on_time.iter().all(|e| state.accepts(e.0, gap_ms)));
+                        let (removed, added) = state.insert(&plan.spec, on_time);
+                        debug_assert!(removed
+                            .iter()
+                            .chain(&added)
+                            .all(|s| plan.open_at(s.first_ms, read_time)));
+                        emit(&plan, state, removed, added, &mut sums);
                     }
-                    let after = state.due(open_ms);
+                    if !late.is_empty() {
+                        refused += apply_late(&plan, state, late, read_time, &mut sums);
+                    }
+                    let after = state.due(gap_ms, forget_at);
+                    if state.is_empty() {
+                        users.remove(&user);
+                    }
                     if before != after {
                         if let Some(t) = before {
                             due.remove(&(t, user));
@@ -180,6 +212,7 @@ fn by_user<'scope>(
                         }
                     }
                 }
+                counters.add_late_sessions(plan.topology(), refused);
                 let Some(out_cap) = cap.retain_least(0) else {
                     return;
                 };
@@ -194,8 +227,9 @@ fn by_user<'scope>(
                     }
                 }
             });
-            // Forget what no on-time event can change any more (`settle` drops every session
-            // due by the frontier, so a user's next due time is later and the loop ends).
+            // Forget the sessions whose windows have all closed, and the users nothing can be
+            // applied to any more (`settle` does everything due by the frontier, so a user's
+            // next due time is later and the loop ends).
             let now = frontier.frontier().first().copied().unwrap_or(u64::MAX);
             while let Some(&(t, user)) = due.first() {
                 if t > now {
@@ -205,14 +239,76 @@ fn by_user<'scope>(
                 let Some(state) = users.get_mut(&user) else {
                     continue;
                 };
-                if state.settle(now, open_ms) {
+                if state.settle(now, gap_ms, forget_at) {
                     users.remove(&user);
-                } else if let Some(next) = state.due(open_ms) {
+                } else if let Some(next) = state.due(gap_ms, forget_at) {
                     due.insert((next, user));
                 }
             }
         }
     })
+}
+
+/// Adds the deltas of a user's changed sessions (−removed, +added) to `sums`.
+fn emit(
+    plan: &Plan,
+    state: &UserSessions,
+    removed: Vec<user::Sess>,
+    added: Vec<user::Sess>,
+    sums: &mut HashMap<(Slot, String), Counts>,
+) {
+    for (sign, sessions) in [(-1, removed), (1, added)] {
+        for s in sessions {
+            let summary = (s.first_ms, s.last_ms, s.events);
+            plan.attribute(summary, state.groups(&s), sign, sums);
+        }
+    }
+}
+
+/// Applies a user's events late for sessions where that is exact: each is more than `gap` after
+/// the user's forgotten sessions, and every session window the changed sessions count in is
+/// still open at `read_time`. Tries them all at once, else one at a time (each on a copy of
+/// the state, kept only if it passes). Returns how many non-replayed events were refused.
+fn apply_late(
+    plan: &Plan,
+    state: &mut UserSessions,
+    mut late: Vec<Late>,
+    read_time: u64,
+    sums: &mut HashMap<(Slot, String), Counts>,
+) -> u64 {
+    let gap_ms = plan.spec.gap_ms;
+    // The session an event ends up in starts at or before it, so its windows close no later
+    // than the earliest of the event's own: if that one is closed, the event cannot be applied.
+    let possible =
+        |ts: u64, state: &UserSessions| state.accepts(ts, gap_ms) && plan.open_at(ts, read_time);
+    let mut try_insert = |state: &mut UserSessions, events: Vec<Event>| {
+        let mut trial = state.clone();
+        let (removed, added) = trial.insert(&plan.spec, events);
+        let exact = removed
+            .iter()
+            .chain(&added)
+            .all(|s| plan.open_at(s.first_ms, read_time));
+        if exact {
+            *state = trial;
+            emit(plan, state, removed, added, sums);
+        }
+        exact
+    };
+    if late.iter().all(|e| possible(e.0, state)) {
+        let events = late.iter().map(|e| (e.0, e.1.clone())).collect();
+        if try_insert(state, events) {
+            return 0;
+        }
+    }
+    late.sort_unstable_by_key(|e| e.0);
+    let mut refused = 0;
+    for (ts_ms, groups, replayed) in late {
+        let applied = possible(ts_ms, state) && try_insert(state, vec![(ts_ms, groups)]);
+        if !applied && !replayed {
+            refused += 1;
+        }
+    }
+    refused
 }
 
 /// The open slots that close at one time, with the capability to emit their rows.
@@ -236,9 +332,10 @@ fn by_window<'scope>(
                     return;
                 };
                 for d in batch.drain(..) {
-                    // A delta is always read before its slot closes (see the module docs: an
+                    // A delta is always read before its slot closes (see the trait docs: an
                     // on-time event changes only sessions starting after read time − gap −
-                    // grace − max_duration); the `max` only keeps the capability valid.
+                    // grace − max_duration, and a late event is applied only if its slots are
+                    // open); the `max` only keeps the capability valid.
                     let close = plan.close_time(&d.slot).max(read_time);
                     let bucket = open.entry(close).or_insert_with(|| Bucket {
                         cap: cap.delayed(&close, 0),

@@ -23,16 +23,23 @@ pub(crate) struct Sess {
 }
 
 /// One user's state. `events` are sorted by (time, dimension values) and partitioned, in
-/// order, by `sessions` (= `sessionize` of their times).
+/// order, by `sessions` (= `sessionize` of their times). Sessions are forgotten oldest first
+/// (see [`UserSessions::settle`]); `pruned_until` is the last event time of the forgotten ones.
+/// The kept sessions are what `sessionize` gives for all the user's events from the first kept
+/// one on, and stay so for any event more than `gap` after `pruned_until`: such an event cannot
+/// join a forgotten session, and a session's scan (gap and `max_duration` cut) restarts at its
+/// first event, so the forgotten ones do not change.
 ///
 /// Memory: 16 bytes per kept event, 32 per kept session, one entry per distinct combination
 /// of dimension values among them (a boxed slice of strings: 16 + 24 per dimension + the
-/// text), plus the map entries that hold the user (about 150 bytes).
-#[derive(Debug, Default)]
+/// text), plus the map entries that hold the user (about 150 bytes, also while only
+/// `pruned_until` is kept).
+#[derive(Clone, Debug, Default)]
 pub(crate) struct UserSessions {
     groups: Vec<Box<[String]>>,
     events: Vec<Ev>,
     sessions: Vec<Sess>,
+    pruned_until: Option<u64>,
 }
 
 /// The order events are kept in: by time, ties by dimension values (lexicographic over the
@@ -49,10 +56,26 @@ impl UserSessions {
         &self.groups[session.group as usize]
     }
 
-    /// When the first kept session is settled: its last event + `open_ms`
-    /// ([`SessionSpec::open_after_last_ms`]); `None` when nothing is kept.
-    pub(crate) fn due(&self, open_ms: u64) -> Option<u64> {
-        self.sessions.first().map(|s| s.last_ms + open_ms)
+    /// When [`UserSessions::settle`] has something to do: the first kept session's
+    /// `forget_at(first_ms)`, or without sessions `forget_at(pruned_until + gap)` (when the
+    /// user can be dropped); `None` when nothing is kept.
+    pub(crate) fn due(&self, gap_ms: u64, forget_at: impl Fn(u64) -> u64) -> Option<u64> {
+        match (self.sessions.first(), self.pruned_until) {
+            (Some(s), _) => Some(forget_at(s.first_ms)),
+            (None, Some(p)) => Some(forget_at(p + gap_ms)),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether an event at `ts_ms` can be inserted exactly: it is more than `gap` after every
+    /// forgotten session (`pruned_until`).
+    pub(crate) fn accepts(&self, ts_ms: u64, gap_ms: u64) -> bool {
+        self.pruned_until.is_none_or(|p| ts_ms > p + gap_ms)
+    }
+
+    /// Whether nothing is kept (a user seen only through events that were not applied).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.pruned_until.is_none()
     }
 
     fn intern(&mut self, groups: Vec<String>) -> u32 {
@@ -63,8 +86,8 @@ impl UserSessions {
         (self.groups.len() - 1) as u32
     }
 
-    /// Adds on-time events (time in ms, dimension values) and re-sessionizes from the last
-    /// session starting before the earliest of them. Returns the sessions that went away and
+    /// Adds events (time in ms, dimension values; each one [`UserSessions::accepts`]) and
+    /// re-sessionizes from the last session starting before the earliest of them. Returns the sessions that went away and
     /// the ones that replaced them (sessions that did not change are in neither).
     pub(crate) fn insert(
         &mut self,
@@ -127,22 +150,36 @@ impl UserSessions {
         (removed, added)
     }
 
-    /// Forgets the sessions settled at dataflow time `frontier` (last event + `open_ms` at or
-    /// before it) and their events: no on-time event can change them any more. Returns whether
-    /// nothing is left.
-    pub(crate) fn settle(&mut self, frontier: u64, open_ms: u64) -> bool {
+    /// Forgets, oldest first, the sessions with `forget_at(first_ms) <= frontier` (the
+    /// operator passes the latest close of the session windows a session starting then counts
+    /// in: once they are closed no event can be applied to it) and their events, and raises
+    /// `pruned_until` to their last event. `forget_at` must be nondecreasing. Returns whether
+    /// the user can be dropped: no session is kept and `forget_at(pruned_until + gap) <=
+    /// frontier`, so an event that [`UserSessions::accepts`] would refuse starts a session
+    /// whose windows are closed, and is refused without `pruned_until`.
+    pub(crate) fn settle(
+        &mut self,
+        frontier: u64,
+        gap_ms: u64,
+        forget_at: impl Fn(u64) -> u64,
+    ) -> bool {
         let done = self
             .sessions
             .iter()
-            .take_while(|s| s.last_ms + open_ms <= frontier)
+            .take_while(|s| forget_at(s.first_ms) <= frontier)
             .count();
         if done > 0 {
             let events: u64 = self.sessions[..done].iter().map(|s| s.events).sum();
+            let last = self.sessions[done - 1].last_ms;
+            self.pruned_until = Some(self.pruned_until.map_or(last, |p| p.max(last)));
             self.sessions.drain(..done);
             self.events.drain(..events as usize);
             self.compact();
         }
         self.sessions.is_empty()
+            && self
+                .pruned_until
+                .is_none_or(|p| forget_at(p + gap_ms) <= frontier)
     }
 
     /// Drops dimension-value combinations no kept event uses.
@@ -209,22 +246,37 @@ mod tests {
 
     #[test]
     fn settled_sessions_are_forgotten_with_their_events() {
+        // As if every window a session starting at t counts in closed at t + 130.
+        let forget = |t: u64| t + 130;
         let mut u = UserSessions::default();
         u.insert(&SPEC, [ev(0, "a"), ev(5, "a"), ev(100, "b"), ev(200, "c")]);
-        assert_eq!(u.due(30), Some(35));
-        assert!(!u.settle(34, 30));
+        assert_eq!(u.due(10, forget), Some(130));
+        assert!(!u.settle(129, 10, forget));
         assert_eq!(u.events.len(), 4);
-        assert!(!u.settle(135, 30));
+        assert!(u.accepts(0, 10), "nothing forgotten");
+        // (0, 5) and (100, 100) go; (200, 200) stays.
+        assert!(!u.settle(230, 10, forget));
         assert_eq!(
             (u.sessions.len(), u.events.len(), u.groups.len()),
             (1, 1, 1)
         );
-        assert_eq!(u.due(30), Some(230));
+        assert_eq!(u.pruned_until, Some(100));
+        assert!(!u.accepts(110, 10), "could join (100, 100)");
+        assert!(u.accepts(111, 10));
+        assert_eq!(u.due(10, forget), Some(330));
         let (gone, new) = u.insert(&SPEC, [ev(205, "c")]);
         assert_eq!(shape(&u, &gone), vec![(200, 200, 1, "c".into())]);
         assert_eq!(shape(&u, &new), vec![(200, 205, 2, "c".into())]);
         assert_eq!(u.groups.len(), 1);
-        assert!(u.settle(u64::MAX, 30));
-        assert!(u.events.is_empty());
+        // The last session goes at 330; the user is kept until 205 + gap can start no session
+        // with an open window: 215 + 130.
+        assert!(!u.settle(330, 10, forget));
+        assert!(u.events.is_empty() && u.sessions.is_empty());
+        assert_eq!(u.pruned_until, Some(205));
+        assert_eq!(u.due(10, forget), Some(345));
+        assert!(!u.settle(344, 10, forget));
+        assert!(u.settle(345, 10, forget));
+        assert!(!u.is_empty());
+        assert!(UserSessions::default().is_empty());
     }
 }

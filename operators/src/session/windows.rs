@@ -146,6 +146,28 @@ impl Plan {
         slot.start_ms + size + self.spec.window_delay_ms(self.grace_ms)
     }
 
+    /// The earliest and the latest [`Plan::close_time`] of the slots a session whose first
+    /// event is at `first_ms` counts in (over every window kind and every window containing
+    /// it). Both are nondecreasing in `first_ms`.
+    pub(crate) fn close_range(&self, first_ms: u64) -> (u64, u64) {
+        let delay = self.spec.window_delay_ms(self.grace_ms);
+        let (mut earliest, mut latest) = (u64::MAX, 0);
+        for (_, spec) in &self.windows {
+            for start_ms in spec.starts(first_ms) {
+                let close = start_ms + spec.size_ms + delay;
+                earliest = earliest.min(close);
+                latest = latest.max(close);
+            }
+        }
+        (earliest, latest)
+    }
+
+    /// Whether every slot a session whose first event is at `first_ms` counts in is still open
+    /// for data read at `read_time` (`close_time > read_time`).
+    pub(crate) fn open_at(&self, first_ms: u64, read_time: u64) -> bool {
+        self.close_range(first_ms).0 > read_time
+    }
+
     /// The cap of a slot's dimension (`None` for the all-events row).
     pub(crate) fn cap(&self, slot: &Slot) -> Option<usize> {
         self.dimensions[slot.dimension as usize].1
@@ -311,6 +333,34 @@ mod tests {
         let g = groups(&[("a", 1), (OTHER, 2)]);
         assert_eq!(fold(g.iter(), Some(5))[OTHER], [2, 0, 0, 2]);
         assert_eq!(fold(g.iter(), Some(5)).len(), 2);
+    }
+
+    #[test]
+    fn close_range_spans_every_window_kind() {
+        let (min, hour) = (60_000, 3_600_000);
+        let spec = SessionSpec {
+            gap_ms: 10 * min,
+            max_duration_ms: hour,
+        };
+        let t = Topology::builder("web")
+            .window(WindowSpec::tumbling("1h", hour))
+            .window(WindowSpec::hopping("30m_15m", 30 * min, 15 * min))
+            .sessions(spec)
+            .metric(tally_core::Metric::Sessions)
+            .build()
+            .expect("topology");
+        let plan = Plan::new(&t, min).expect("plan");
+        // Session delay: 1 h + 2 × 10 min + 1 min = 81 min.
+        let delay = 81 * min;
+        let t0 = 10 * hour;
+        // 10:20 is in 1h@10:00 (closes 11:00 + delay) and in 30m_15m@10:00 and @10:15 (close
+        // 10:30 and 10:45 + delay).
+        assert_eq!(
+            plan.close_range(t0 + 20 * min),
+            (t0 + 30 * min + delay, t0 + hour + delay)
+        );
+        assert!(plan.open_at(t0 + 20 * min, t0 + 30 * min + delay - 1));
+        assert!(!plan.open_at(t0 + 20 * min, t0 + 30 * min + delay));
     }
 
     #[test]

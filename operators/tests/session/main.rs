@@ -190,48 +190,125 @@ fn the_cap_keeps_the_smallest_hashes_and_zeroes_a_folded_group() {
 }
 
 #[test]
-fn late_events_are_counted_and_not_applied() {
+fn late_events_are_applied_when_exact() {
     let grace = MIN;
     let t = topology(10 * MIN, HOUR, &[WindowSpec::tumbling("1h", HOUR)], &[]);
     let mut replayed = point(1, T0 + 4 * MIN, &[]);
     replayed.replayed = true;
     let steps = vec![
         Step::Read(T0, point(1, T0, &[])),
-        // 5 min + 10 min gap + 1 min grace = 16 min <= the watermark: late.
+        Step::Tick,
+        // 5 min + 10 min gap + 1 min grace = 16 min <= the watermark: late. Nothing of user 1 is
+        // forgotten and 1h@T0 is open until T0 + 1 h + 81 min: applied, joining T0.
         Step::Read(T0 + 16 * MIN, point(1, T0 + 5 * MIN, &[])),
-        // Late too, but a replay: not counted.
+        // Late too, a replay: applied alike.
         Step::Read(T0 + 16 * MIN, replayed),
         // On time (6 + 10 + 1 > 16.99).
         Step::Read(T0 + 16 * MIN + 59_999, point(2, T0 + 6 * MIN, &[])),
+        Step::Tick,
     ];
+    for workers in [1, 2] {
+        let r = run(&t, grace, &steps, workers);
+        assert_eq!(r.late, 0);
+        let rows = by_key(&t, grace, &r);
+        assert_eq!(rows[&k("1h", T0, "", "")][0], (vec![1, 1, 0, 1], false));
+        // User 1: T0, T0 + 4, T0 + 5; user 2: a bounce.
+        let want = BTreeMap::from([(k("1h", T0, "", ""), vec![2, 1, 5 * MIN, 4])]);
+        assert_eq!(settled(&t, grace, &r), want);
+    }
+}
+
+#[test]
+fn a_late_event_near_a_forgotten_session_or_in_closed_windows_is_counted_not_applied() {
+    // gap 10 min, grace 1 min: session delay 1 h + 2 gap + grace = 81 min; 1h@T0 closes at
+    // T0 + 141 min, 1h@T0+1h at T0 + 201 min.
+    let (gap, grace) = (10 * MIN, MIN);
+    let t = topology(gap, HOUR, &[WindowSpec::tumbling("1h", HOUR)], &[]);
+    let at = |m: u64| T0 + m * MIN;
+    let mut replay = point(5, at(59), &[]);
+    replay.replayed = true;
+    let steps = vec![
+        Step::Read(T0, point(1, at(50), &[])),
+        Step::Read(T0, point(2, at(30), &[])),
+        Step::Tick,
+        // Late (90 + 11 <= 141), 1h@T0+1h open: applied.
+        Step::Read(at(141), point(3, at(90), &[])),
+        // The frontier at T0 + 141 min: user 1's session (windows closed) is forgotten.
+        Step::Tick,
+        // 10 min after it (it would join it): counted, although 1h@T0+1h is open.
+        Step::Read(at(141), point(1, at(60), &[])),
+        // 25 min after it: a new session, applied.
+        Step::Read(at(141), point(1, at(75), &[])),
+        // A new user, but 1h@T0 is closed: counted; a replay alike, not counted.
+        Step::Read(at(141), point(4, at(59), &[])),
+        Step::Read(at(141), replay),
+        Step::Tick,
+    ];
+    // One worker: workers are not in step, so with more a tick does not ensure that the
+    // frontier reached T0 + 141 min at the user's worker before the next read.
     let r = run(&t, grace, &steps, 1);
-    assert_eq!(r.late, 1);
-    let want = BTreeMap::from([(k("1h", T0, "", ""), vec![2, 2, 0, 2])]);
+    assert_eq!(r.late, 2);
+    let want = BTreeMap::from([
+        (k("1h", T0, "", ""), vec![2, 2, 0, 2]),
+        (k("1h", at(60), "", ""), vec![2, 2, 0, 2]),
+    ]);
     assert_eq!(settled(&t, grace, &r), want);
 }
 
 #[test]
-fn a_session_is_kept_until_no_on_time_event_can_change_it() {
-    // gap 10 min + grace 1 min: a session whose last event is at T0 can still grow until the
-    // watermark reaches T0 + 2 gap + grace = T0 + 21 min (an event at T0 + 10 min is on time
-    // until then).
+fn a_session_is_kept_until_every_window_it_counts_in_has_closed() {
+    // gap 10 min, max 1 h, grace 1 min: session delay 60 + 20 + 1 = 81 min. A session starting
+    // at T0 + 35 min counts in 1h@T0 (ends T0 + 60) and 1h_20m@T0-20, @T0, @T0+20 (the last
+    // ends T0 + 80): it is forgotten at T0 + 80 + 81 = T0 + 161 min (the hopping kind decides).
+    // Its events T0 + 35, 44, …, 89 are one session (89 − 35 < 60); an event at T0 + 97 is
+    // within gap of 89 but 62 min after 35: a new session, in windows closing at T0 + 100 + 81
+    // at the earliest. While the session is kept it is applied; once forgotten it is refused
+    // (it could join a forgotten session, as far as the operator knows).
     let (gap, grace) = (10 * MIN, MIN);
-    let t = topology(gap, HOUR, &[WindowSpec::tumbling("1h", HOUR)], &[]);
-    let edge = T0 + 2 * gap + grace;
-    let steps = vec![
-        Step::Read(T0, point(1, T0, &[])),
-        // Move the frontier to just before the edge, with another user's event.
-        Step::Read(edge - 1, point(2, T0 + 30 * MIN, &[])),
-        Step::Tick,
-        Step::Read(edge - 1, point(1, T0 + gap, &[])),
-        Step::Tick,
-        // At the edge the same event would be late.
-        Step::Read(edge, point(1, T0 + gap, &[])),
-    ];
+    let t = topology(
+        gap,
+        HOUR,
+        &[
+            WindowSpec::tumbling("1h", HOUR),
+            WindowSpec::hopping("1h_20m", HOUR, 20 * MIN),
+        ],
+        &[],
+    );
+    let at = |m: u64| T0 + m * MIN;
+    let edge = at(161);
+    let mut steps = Vec::new();
+    let mut points = Vec::new();
+    for user in [1, 2] {
+        for m in [35, 44, 53, 62, 71, 80, 89] {
+            points.push(point(user, at(m), &[]));
+            steps.push(Step::Read(T0, point(user, at(m), &[])));
+        }
+    }
+    steps.push(Step::Tick);
+    // The frontier just before the edge (an on-time event of user 8), then an event late
+    // (97 + 11 <= 161) but applied.
+    steps.push(Step::Read(edge - 1, point(8, at(165), &[])));
+    points.push(point(8, at(165), &[]));
+    steps.push(Step::Tick);
+    steps.push(Step::Read(edge - 1, point(1, at(97), &[])));
+    points.push(point(1, at(97), &[]));
+    // The frontier at the edge (an on-time event of user 9), then the same event for user 2.
+    steps.push(Step::Read(edge, point(9, at(170), &[])));
+    points.push(point(9, at(170), &[]));
+    steps.push(Step::Tick);
+    steps.push(Step::Read(edge, point(2, at(97), &[])));
+    steps.push(Step::Tick);
+    // One worker, so the frontier is at the edge after the tick (see above).
     let r = run(&t, grace, &steps, 1);
     assert_eq!(r.late, 1);
-    let want = BTreeMap::from([(k("1h", T0, "", ""), vec![2, 1, gap, 3])]);
-    assert_eq!(settled(&t, grace, &r), want);
+    let got = settled(&t, grace, &r);
+    let long = vec![2, 0, 2 * 54 * MIN, 14];
+    let bounce = vec![1, 1, 0, 1];
+    assert_eq!(got[&k("1h", T0, "", "")], long);
+    assert_eq!(got[&k("1h_20m", at(20), "", "")], long);
+    assert_eq!(got[&k("1h", at(60), "", "")], bounce);
+    assert_eq!(got[&k("1h_20m", at(40), "", "")], bounce);
+    assert_eq!(got, rows_map(&session_rows(&t, &points)));
 }
 
 #[test]
@@ -268,6 +345,38 @@ fn arb_case() -> impl Strategy<Value = (Vec<(u64, Point)>, usize, u64)> {
     );
     (
         prop::collection::vec(event, 1..60),
+        1usize..6,
+        prop::sample::select(vec![0, 30_000, MIN]),
+    )
+        .prop_map(|(events, tick_every, grace)| {
+            let platforms = ["web", "ios", "android"];
+            let types = ["click", "view"];
+            let mut arrivals: Vec<(u64, Point)> = events
+                .into_iter()
+                .map(|(user, minute, jitter, platform, kind, delay)| {
+                    let ts = T0 + minute * MIN + jitter * 20_000;
+                    let p = point(user, ts, &[platforms[platform], types[kind]]);
+                    (ts + delay * MIN, p)
+                })
+                .collect();
+            arrivals.sort_by_key(|(arrival, _)| *arrival);
+            (arrivals, tick_every, grace)
+        })
+}
+
+/// A back-fill: events of 4 users over 4 hours, read up to 3 hours after their time, in
+/// arrival order.
+fn arb_backfill() -> impl Strategy<Value = (Vec<(u64, Point)>, usize, u64)> {
+    let event = (
+        0u128..4,
+        0u64..240,
+        0u64..3,
+        0usize..3,
+        0usize..2,
+        0u64..=180,
+    );
+    (
+        prop::collection::vec(event, 1..80),
         1usize..6,
         prop::sample::select(vec![0, 30_000, MIN]),
     )
@@ -324,6 +433,51 @@ proptest! {
         let points: Vec<Point> = arrivals.into_iter().map(|(_, p)| p).collect();
         let want = model::naive(&t, &points);
         prop_assert_eq!(&rows_map(&session_rows(&t, &points)), &want);
+        for workers in [1, 2, 4] {
+            let r = run(&t, grace, &steps, workers);
+            prop_assert_eq!(r.late, 0);
+            prop_assert_eq!(&settled(&t, grace, &r), &want, "{} workers", workers);
+        }
+    }
+
+    /// Events read long after their time, the watermark hours ahead of most of them (late for
+    /// sessions) but short of closing any session window (none before T0 + session delay,
+    /// with sessions of up to 90 min): every event is applied, and the settled rows equal the
+    /// naive model on 1, 2 and 4 workers.
+    #[test]
+    fn late_events_are_applied_while_their_windows_are_open(
+        (arrivals, tick_every, grace) in arb_backfill(),
+        lead in prop::sample::select(vec![0, HOUR, 3 * HOUR]),
+    ) {
+        let t = topology(
+            15 * MIN,
+            90 * MIN,
+            &[WindowSpec::tumbling("30m", 30 * MIN), WindowSpec::hopping("1h_20m", HOUR, 20 * MIN)],
+            &[("metadata.platform", 2), ("event_type", 1)],
+        );
+        let spec = t.sessions.expect("sessions");
+        // Every session starts at T0 or later, so every window it counts in closes after
+        // T0 + delay (a window ends after its sessions' first event), and no session is
+        // forgotten before.
+        let cap = T0 + spec.window_delay_ms(grace);
+        let mut steps = Vec::new();
+        let mut late = 0;
+        for (i, (arrival, p)) in arrivals.iter().enumerate() {
+            let watermark = (arrival + lead).min(cap);
+            late += usize::from(spec.is_late(p.ts_ms, watermark, grace));
+            steps.push(Step::Read(watermark, p.clone()));
+            if (i + 1) % tick_every == 0 {
+                steps.push(Step::Tick);
+            }
+        }
+        let points: Vec<Point> = arrivals.into_iter().map(|(_, p)| p).collect();
+        if lead >= HOUR {
+            // Read an hour or more after their time (the cap is T0 + 2 h 1 min and more): the
+            // events of the first hour are late for sessions (15 min gap).
+            let early = points.iter().filter(|p| p.ts_ms <= T0 + HOUR).count();
+            prop_assert!(late >= early, "{} late, {} in the first hour", late, early);
+        }
+        let want = model::naive(&t, &points);
         for workers in [1, 2, 4] {
             let r = run(&t, grace, &steps, workers);
             prop_assert_eq!(r.late, 0);
