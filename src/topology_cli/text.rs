@@ -145,10 +145,10 @@ pub fn bounds(t: &Topology, grace_ms: u64, longest_ms: u64) -> String {
     if let Some(s) = &t.sessions {
         let _ = writeln!(
             out,
-            "  sessions       a user's events are kept until the watermark passes the last one \
-             + 2 × gap + grace ({}); session rows are final {} after their window ends \
-             (max_duration + 2 × gap + grace)",
-            human(s.open_after_last_ms(grace_ms)),
+            "  sessions       a user's sessions (and their events) are kept until every window \
+             their first event counts in has closed; session rows are final {} after their \
+             window ends (max_duration + 2 × gap + grace), and an event late by up to that \
+             much is applied live unless it touches a session already forgotten",
             human(s.window_delay_ms(grace_ms))
         );
     }
