@@ -210,8 +210,12 @@ fn late_events_are_applied_when_exact() {
     for workers in [1, 2] {
         let r = run(&t, grace, &steps, workers);
         assert_eq!(r.late, 0);
-        let rows = by_key(&t, grace, &r);
-        assert_eq!(rows[&k("1h", T0, "", "")][0], (vec![1, 1, 0, 1], false));
+        if workers == 1 {
+            // On one worker the first tick is seen before the late reads (with two, a worker
+            // may step past it first: the settled rows below are what is deterministic).
+            let rows = by_key(&t, grace, &r);
+            assert_eq!(rows[&k("1h", T0, "", "")][0], (vec![1, 1, 0, 1], false));
+        }
         // User 1: T0, T0 + 4, T0 + 5; user 2: a bounce.
         let want = BTreeMap::from([(k("1h", T0, "", ""), vec![2, 1, 5 * MIN, 4])]);
         assert_eq!(settled(&t, grace, &r), want);
