@@ -238,6 +238,16 @@ impl Topology {
         out
     }
 
+    /// How long after a window's end its rows in `table` can still change when nothing is
+    /// late (ms): `grace_ms` for window metrics, [`SessionSpec::window_delay_ms`] for session
+    /// metrics. A window's final rows are written at its end plus this.
+    pub fn close_delay_ms(&self, table: RowTable, grace_ms: u64) -> u64 {
+        match (table, self.sessions) {
+            (RowTable::Sessions, Some(s)) => s.window_delay_ms(grace_ms),
+            _ => grace_ms,
+        }
+    }
+
     /// Which table holds a metric.
     pub fn table_of(metric: &Metric) -> RowTable {
         if metric.needs_sessions() {

@@ -106,10 +106,7 @@ pub async fn correct_pending(
 
 /// The dataflow time after which a window of `table` starting at `start_ms` is written final.
 fn closes_at(topology: &Topology, table: RowTable, w: &WindowSpec, start: u64, grace: u64) -> u64 {
-    match (table, topology.sessions) {
-        (RowTable::Sessions, Some(s)) => start + w.size_ms + s.window_delay_ms(grace),
-        _ => w.close_time(start, grace),
-    }
+    start + w.size_ms + topology.close_delay_ms(table, grace)
 }
 
 /// [`correct_pending`] for one topology.

@@ -103,10 +103,7 @@ fn closed_starts(
     frontier: u64,
     grace_ms: u64,
 ) -> Vec<u64> {
-    let delay = match (table, topology.sessions) {
-        (RowTable::Sessions, Some(s)) => s.window_delay_ms(grace_ms),
-        _ => grace_ms,
-    };
+    let delay = topology.close_delay_ms(table, grace_ms);
     window_starts(window, day_ms, day_ms + DAY_MS)
         .filter(|s| s + window.size_ms + delay < frontier)
         .collect()
