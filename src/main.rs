@@ -383,6 +383,7 @@ async fn app_state(
     let producer = tally_pipeline::kafka::producer_config(&config.kafka)
         .create()
         .context("creating the kafka producer")?;
+    let postgres = tally_sinks::postgres::connect(&config.postgres).await?;
     Ok(AppState {
         config: Arc::new(config.api.clone()),
         kafka: Arc::new(tally_api::KafkaTarget {
@@ -393,7 +394,10 @@ async fn app_state(
         topologies: Arc::new(topologies.to_vec()),
         producer,
         clickhouse: tally_sinks::clickhouse::connect(&config.clickhouse, true),
-        postgres: tally_sinks::postgres::connect(&config.postgres).await?,
+        keys: tally_api::auth::KeyStore::postgres(postgres.clone()),
+        limiters: Arc::new(tally_api::limits::Limiters::new(&config.api)),
+        request_log: tally_api::request_log::RequestLog::start(postgres.clone(), &config.api),
+        postgres,
         pipeline_name: config.pipeline.name.clone(),
         grace_ms: config.pipeline.grace_ms,
         retention_days: config.clickhouse.retention_days,

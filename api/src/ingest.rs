@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::{ApiConfig, ApiError, AppState, KafkaTarget, ProduceFailure};
 
 /// An event that was not written, with its 0-based index in the request.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Rejected {
     /// Position in the request.
     pub index: usize,
@@ -85,15 +85,30 @@ impl BodyLimits {
     }
 }
 
-#[derive(Serialize)]
-struct IngestResponse {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct IngestResponse {
     accepted: usize,
     rejected: Vec<Rejected>,
 }
 
 /// Accepts one event or an array of events. 202 when all were accepted; 400 when some were
 /// invalid (the valid ones are still written, and the body lists the rejected ones by index).
+#[utoipa::path(post, path = "/events", tag = "ingest",
+    request_body(description = "One event object, a JSON array of events, or NDJSON (one per line); \
+        `Content-Encoding: gzip` accepted. See docs/events.md for the event contract.",
+        content = serde_json::Value, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Every event written to Kafka", body = IngestResponse),
+        (status = 400, description = "Some or all events invalid (the valid ones were written) or a malformed body", body = IngestResponse),
+        (status = 401, description = "No key, or an unknown or revoked key", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The key's role may not ingest", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body or batch too large", body = crate::openapi::ErrorBody),
+        (status = 415, description = "Unsupported Content-Type or Content-Encoding", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Over `api.ingest_per_second` (when set)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Kafka unavailable; retry", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn post_events(
+    _caller: crate::auth::Ingest,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

@@ -4,49 +4,129 @@
 //! directly; [`serve`] runs it on a listener the caller bound. It depends on `tally_core` (the
 //! event contract, topologies) and `tally_sinks` (stores and their read queries) only.
 
+pub mod auth;
 mod config;
+pub mod dashboard;
 mod error;
 pub mod ingest;
 mod kafka;
+pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod queries;
 pub mod reports;
+pub mod request_log;
+pub mod resources;
 mod state;
 pub mod topologies;
+pub mod users;
 
 use std::future::Future;
+use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use config::ApiConfig;
+pub use config::{ApiConfig, AuthMode};
 pub use error::ApiError;
 pub use kafka::{KafkaTarget, ProduceFailure};
 pub use state::AppState;
 
+/// The documented routes (each handler's `#[utoipa::path]`), with their OpenAPI description.
+pub fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(ingest::post_events))
+        .routes(routes!(reports::get_report))
+        .routes(routes!(reports::get_summary))
+        .routes(routes!(topologies::get_topologies))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .merge(users::routes(state))
+        .merge(resources::routes(state))
+        .merge(dashboard::routes(state))
+        .merge(auth::routes(state))
+        .merge(request_log::routes(state));
+    if state.config.metrics_listen.is_empty() {
+        api = api.routes(routes!(prometheus_text));
+    }
+    api
+}
+
+/// The OpenAPI 3.1 description of every documented route, as `GET /openapi.json` serves it.
+pub fn openapi_spec(state: &AppState) -> utoipa::openapi::OpenApi {
+    api_routes(state).split_for_parts().1
+}
+
 /// The application: every route, no I/O until a request arrives.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.config.max_body_bytes;
-    Router::new()
-        .route("/events", post(ingest::post_events))
+    let config = std::sync::Arc::clone(&state.config);
+    let (api, spec) = api_routes(&state).split_for_parts();
+    // Other spellings of documented routes (a trailing slash), same handlers.
+    let aliases = Router::new()
         .route("/events/", post(ingest::post_events))
-        .route("/reports", get(reports::get_report))
         .route("/reports/", get(reports::get_report))
-        .route("/reports/summary", get(reports::get_summary))
         .route("/reports/summary/", get(reports::get_summary))
-        .route("/topologies", get(topologies::get_topologies))
-        .route("/topologies/", get(topologies::get_topologies))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(prometheus_text))
+        .route("/topologies/", get(topologies::get_topologies));
+    Router::new()
+        .merge(api)
+        .merge(aliases)
+        .merge(openapi::routes(spec))
+        .merge(dashboard::assets())
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(cors(&config))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(config.request_timeout_ms),
+        ))
         .layer(middleware::from_fn(error::json_errors))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_log::record,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
+}
+
+/// CORS for `api.cors_origins` (none: no CORS headers, browsers keep other origins out).
+fn cors(config: &ApiConfig) -> CorsLayer {
+    let origins = &config.cors_origins;
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::CONTENT_ENCODING,
+            axum::http::HeaderName::from_static("x-api-key"),
+        ])
+        .expose_headers([
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderName::from_static("ratelimit-limit"),
+            axum::http::HeaderName::from_static("ratelimit-remaining"),
+            axum::http::HeaderName::from_static("ratelimit-reset"),
+        ])
+        .max_age(Duration::from_secs(600))
 }
 
 async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
@@ -64,6 +144,8 @@ pub async fn serve(
         .await
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process serves", body = serde_json::Value)))]
 /// Liveness: 200 while the process serves, with the pipeline's state (when this process runs
 /// one): `{"status": "ok", "pipeline": {"state": "running", "since_ms": ..}}`.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
@@ -71,6 +153,10 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok", "pipeline": pipeline }))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = serde_json::Value),
+        (status = 503, description = "The pipeline is starting, draining or stopped", body = openapi::ErrorBody)))]
 /// Readiness: 200 when this process can do its work, 503 (JSON, with the pipeline's state)
 /// while its pipeline is starting, draining, stopped or failed. An API without a pipeline
 /// (`tally serve`) is ready while it serves.
@@ -100,6 +186,10 @@ pub fn metrics_router() -> Router {
     Router::new().route("/metrics", get(prometheus_text))
 }
 
+/// `GET /metrics`: Prometheus text exposition of the process's metrics (public; with
+/// `api.metrics_listen` set it moves to a listener of its own).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 async fn prometheus_text() -> Response {
     let families = prometheus::default_registry().gather();
     match prometheus::TextEncoder::new().encode_to_string(&families) {

@@ -5,6 +5,9 @@ use std::sync::Arc;
 use rdkafka::producer::FutureProducer;
 use tally_core::{Health, Topology};
 
+use crate::auth::KeyStore;
+use crate::limits::Limiters;
+use crate::request_log::RequestLog;
 use crate::{ApiConfig, KafkaTarget};
 
 /// What handlers share. Cheap to clone.
@@ -35,4 +38,10 @@ pub struct AppState {
     /// them, with their table names as currently stored (the binary resolves versioned tables
     /// before building the state).
     pub topologies: Arc<Vec<Topology>>,
+    /// API keys (PostgreSQL `api_keys`, briefly cached).
+    pub keys: KeyStore,
+    /// The GCRA limiters of the limited routes.
+    pub limiters: Arc<Limiters>,
+    /// The request-log writer's queue.
+    pub request_log: RequestLog,
 }

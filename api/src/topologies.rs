@@ -9,14 +9,14 @@ use tally_core::{DistinctMode, Filter, RowTable, Topology};
 use crate::AppState;
 
 /// The `/topologies` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TopologiesResponse {
     /// Every topology the API reports on, in the configured order.
     pub topologies: Vec<TopologyView>,
 }
 
 /// One topology as `/topologies` shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TopologyView {
     /// `topology=` of `/reports`.
     pub name: String,
@@ -39,7 +39,7 @@ pub struct TopologyView {
 }
 
 /// A window kind.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WindowView {
     /// Its name.
     pub name: String,
@@ -52,7 +52,7 @@ pub struct WindowView {
 }
 
 /// A dimension.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DimensionView {
     /// Its name (`event_type`, `metadata.platform`).
     pub name: String,
@@ -61,7 +61,7 @@ pub struct DimensionView {
 }
 
 /// A metric.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MetricView {
     /// Its name.
     pub name: String,
@@ -72,7 +72,7 @@ pub struct MetricView {
 }
 
 /// Session settings.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionsView {
     /// Inactivity that ends a session, seconds (a whole number unless the gap is not).
     pub gap_s: serde_json::Value,
@@ -81,7 +81,7 @@ pub struct SessionsView {
 }
 
 /// Distinct-count mode.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DistinctView {
     /// `exact` or `approx`.
     pub mode: &'static str,
@@ -161,7 +161,16 @@ impl TopologyView {
 }
 
 /// `GET /topologies`.
-pub async fn get_topologies(State(state): State<AppState>) -> Json<TopologiesResponse> {
+#[utoipa::path(get, path = "/topologies", tag = "reports",
+    responses(
+        (status = 200, description = "The topologies this API reports on", body = TopologiesResponse),
+        (status = 401, description = "No key, or an unknown or revoked key", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The key's role may not read", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn get_topologies(
+    _caller: crate::auth::Read,
+    State(state): State<AppState>,
+) -> Json<TopologiesResponse> {
     Json(TopologiesResponse {
         topologies: state.topologies.iter().map(TopologyView::of).collect(),
     })

@@ -405,6 +405,12 @@ pub fn setup(tag: &str) -> anyhow::Result<(tokio::runtime::Runtime, Stack)> {
             topologies: Arc::new(s.topologies.clone()),
             producer: tally_pipeline::kafka::producer_config(&s.kafka).create()?,
             clickhouse: tally_sinks::clickhouse::connect(&s.clickhouse, true),
+            keys: tally_api::auth::KeyStore::postgres(pool.clone()),
+            limiters: Arc::new(tally_api::limits::Limiters::new(&ApiConfig::default())),
+            request_log: tally_api::request_log::RequestLog::start(
+                pool.clone(),
+                &ApiConfig::default(),
+            ),
             postgres: pool,
             pipeline_name: s.pipeline.name.clone(),
             grace_ms: s.pipeline.grace_ms,

@@ -14,7 +14,7 @@ use super::rfc3339;
 /// One point: a window start and the metric's value there (an integer for counts, a double
 /// for ratios, averages and field aggregates, `null` where a ratio or average has nothing to
 /// divide by).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Point {
     /// Window start, RFC 3339 (UTC).
     pub window_start: String,
@@ -23,7 +23,7 @@ pub struct Point {
 }
 
 /// One group of a grouped report.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Series {
     /// The dimension's value, or `__other__`.
     pub group: String,

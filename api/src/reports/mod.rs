@@ -22,7 +22,7 @@ use crate::{ApiError, AppState};
 
 /// The `/reports` answer, fields in the documented order: the query as understood, then
 /// `points` (ungrouped) or `series` (with `group_by`), never both.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReportResponse {
     topology: String,
     metric: String,
@@ -64,7 +64,26 @@ fn clickhouse_unavailable(e: tally_sinks::SinkError) -> ApiError {
 }
 
 /// `GET /reports`.
+#[utoipa::path(get, path = "/reports", tag = "reports",
+    params(
+        ("metric" = String, Query, description = "A metric of the topology (see GET /topologies), e.g. events, unique_users, sessions"),
+        ("window" = Option<String>, Query, description = "A window of the topology, e.g. 1m, 1h, 1d, 1h_15m (default: its first)"),
+        ("topology" = Option<String>, Query, description = "Default product_analytics"),
+        ("from" = Option<String>, Query, description = "Start, RFC 3339 or ms since the epoch (inclusive)"),
+        ("to" = Option<String>, Query, description = "End, RFC 3339 or ms since the epoch (exclusive)"),
+        ("event_type" = Option<String>, Query, description = "Only this event type (topologies with an event_type dimension)"),
+        ("group_by" = Option<String>, Query, description = "A dimension: one series per value, top `limit` by total plus __other__"),
+        ("limit" = Option<usize>, Query, description = "Groups with group_by, 1..=100, default 10"),
+        ("format" = Option<String>, Query, description = "json (default) or csv (a header row, one row per point)")),
+    responses(
+        (status = 200, description = "The series (`points`) or grouped series (`series`)", body = ReportResponse),
+        (status = 400, description = "A parameter is missing, unknown or invalid; the reason lists what exists", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No key, or an unknown or revoked key", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The key's role may not read", body = crate::openapi::ErrorBody),
+        (status = 503, description = "ClickHouse unavailable; retry", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_report(
+    _caller: crate::auth::Read,
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<ReportResponse>, ApiError> {
@@ -147,7 +166,7 @@ pub fn complete_until_from(
 }
 
 /// The `/reports/summary` answer.
-#[derive(clickhouse::Row, Deserialize, Serialize)]
+#[derive(clickhouse::Row, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct Summary {
     events: u64,
     unique_users: u64,
@@ -156,7 +175,20 @@ pub struct Summary {
 }
 
 /// `GET /reports/summary`: exact totals over raw events in `[from, to)`.
+#[utoipa::path(get, path = "/reports/summary", tag = "reports",
+    params(
+        ("from" = Option<String>, Query, description = "Start, RFC 3339 or ms since the epoch (inclusive)"),
+        ("to" = Option<String>, Query, description = "End, RFC 3339 or ms since the epoch (exclusive)"),
+        ("event_type" = Option<String>, Query, description = "Only this event type")),
+    responses(
+        (status = 200, description = "Exact totals over the raw events of the range", body = Summary),
+        (status = 400, description = "A parameter is missing, unknown or invalid; the reason lists what exists", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No key, or an unknown or revoked key", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The key's role may not read", body = crate::openapi::ErrorBody),
+        (status = 503, description = "ClickHouse unavailable; retry", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_summary(
+    _caller: crate::auth::Read,
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Summary>, ApiError> {

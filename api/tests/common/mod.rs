@@ -91,15 +91,19 @@ pub fn state_with(config: ApiConfig, kafka: KafkaTarget) -> AppState {
         ..Default::default()
     };
     let pg_url = format!("postgres://tally@127.0.0.1:{}/tally", closed_port());
+    let postgres = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_lazy(&pg_url)
+        .expect("lazy pool");
     AppState {
+        keys: tally_api::auth::KeyStore::postgres(postgres.clone()),
+        limiters: Arc::new(tally_api::limits::Limiters::new(&config)),
+        request_log: tally_api::request_log::RequestLog::disabled(),
         config: Arc::new(config),
         producer: unreachable_producer(&kafka),
         kafka: Arc::new(kafka),
         clickhouse: tally_sinks::clickhouse::connect(&clickhouse, true),
-        postgres: sqlx::postgres::PgPoolOptions::new()
-            .acquire_timeout(Duration::from_millis(300))
-            .connect_lazy(&pg_url)
-            .expect("lazy pool"),
+        postgres,
         pipeline_name: "test".into(),
         grace_ms: 5_000,
         retention_days: 365,

@@ -116,6 +116,60 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
              ON late_windows (pipeline, topology, table_kind, window_name, window_start_ms)
              WHERE pending_since IS NOT NULL;",
     ),
+    (
+        7,
+        "api keys, saved resources, audit and request logs",
+        // `api_keys`: SHA-256 of each key (never the key), its role and lifecycle.
+        // `resources`: saved reports and dashboards (`kind` 'report' | 'dashboard').
+        // `audit_log`: admin actions, written in the transaction of the action.
+        // `request_log`: every API request, range-partitioned by month on `at` (the writer
+        // creates partitions ahead and drops the expired ones); the default partition catches
+        // rows whose month has no partition yet, so an insert never fails for lack of one.
+        "CREATE TABLE IF NOT EXISTS api_keys (
+                id           BIGSERIAL   PRIMARY KEY,
+                name         TEXT        NOT NULL UNIQUE,
+                role         TEXT        NOT NULL CHECK (role IN ('ingest', 'read', 'admin')),
+                key_hash     BYTEA       NOT NULL UNIQUE,
+                key_prefix   TEXT        NOT NULL,
+                created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+                last_used_at TIMESTAMPTZ,
+                revoked_at   TIMESTAMPTZ
+            );
+            CREATE TABLE IF NOT EXISTS resources (
+                id           BIGSERIAL   PRIMARY KEY,
+                kind         TEXT        NOT NULL CHECK (kind IN ('report', 'dashboard')),
+                name         TEXT        NOT NULL,
+                description  TEXT        NOT NULL DEFAULT '',
+                definition   JSONB       NOT NULL,
+                owner_key_id BIGINT      REFERENCES api_keys (id),
+                created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+                updated_at   TIMESTAMPTZ NOT NULL DEFAULT now()
+            );
+            CREATE TABLE IF NOT EXISTS audit_log (
+                id         BIGSERIAL   PRIMARY KEY,
+                at         TIMESTAMPTZ NOT NULL DEFAULT now(),
+                key_id     BIGINT,
+                actor      TEXT        NOT NULL,
+                action     TEXT        NOT NULL,
+                target     TEXT        NOT NULL,
+                details    JSONB       NOT NULL DEFAULT '{}'::jsonb
+            );
+            CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log (at DESC, id DESC);
+            CREATE TABLE IF NOT EXISTS request_log (
+                at             TIMESTAMPTZ      NOT NULL,
+                method         TEXT             NOT NULL,
+                route          TEXT             NOT NULL,
+                status         SMALLINT         NOT NULL,
+                latency_ms     DOUBLE PRECISION NOT NULL,
+                key_id         BIGINT,
+                request_bytes  BIGINT           NOT NULL,
+                response_bytes BIGINT           NOT NULL,
+                client_ip      TEXT,
+                user_agent     TEXT
+            ) PARTITION BY RANGE (at);
+            CREATE TABLE IF NOT EXISTS request_log_default PARTITION OF request_log DEFAULT;
+            CREATE INDEX IF NOT EXISTS request_log_at ON request_log (at DESC);",
+    ),
 ];
 
 /// Applies every migration not yet recorded, each in its own transaction. Idempotent.
