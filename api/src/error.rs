@@ -13,9 +13,19 @@ pub enum ApiError {
     /// The request is malformed; the text says how.
     #[error("{0}")]
     BadRequest(String),
-    /// No such route.
+    /// No key, or an unknown, malformed or revoked one (answered with
+    /// `WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The key is valid but its role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such route or object.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with what is stored (e.g. a key name already taken).
+    #[error("{0}")]
+    Conflict(String),
     /// The body (or the batch) is too large.
     #[error("{0}")]
     TooLarge(String),
@@ -35,7 +45,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -49,7 +62,14 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(detail, "internal error");
         }
-        json_error(self.status(), &self.to_string())
+        let mut response = json_error(self.status(), &self.to_string());
+        if let ApiError::Unauthorized(_) = &self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 

@@ -24,25 +24,25 @@ use crate::{ApiError, AppState};
 /// `points` (ungrouped) or `series` (with `group_by`), never both.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReportResponse {
-    topology: String,
-    metric: String,
-    unit: &'static str,
-    window: String,
-    window_size_s: u64,
-    slide_s: u64,
-    from: String,
-    to: String,
-    event_type: Option<String>,
-    group_by: Option<String>,
-    limit: Option<usize>,
-    complete_until: Option<String>,
+    pub topology: String,
+    pub metric: String,
+    pub unit: &'static str,
+    pub window: String,
+    pub window_size_s: u64,
+    pub slide_s: u64,
+    pub from: String,
+    pub to: String,
+    pub event_type: Option<String>,
+    pub group_by: Option<String>,
+    pub limit: Option<usize>,
+    pub complete_until: Option<String>,
     /// Windows of this kind in the range that received late events and wait for their
     /// correction (`null` when PostgreSQL could not be asked).
-    pending_corrections: Option<i64>,
+    pub pending_corrections: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    points: Option<Vec<Point>>,
+    pub points: Option<Vec<Point>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    series: Option<Vec<Series>>,
+    pub series: Option<Vec<Series>>,
 }
 
 /// RFC 3339 (UTC, whole seconds) of a time in ms since the epoch.
@@ -87,7 +87,17 @@ pub async fn get_report(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<ReportResponse>, ApiError> {
-    let q = parse_report_query(&params, &state.topologies, state.config.max_report_windows)?;
+    run_report(&state, &params).await.map(Json)
+}
+
+/// Validates `params` as `/reports` does and answers them: what `GET /reports` returns, for
+/// other handlers (saved resources, dashboard data). Errors: `BadRequest` (the reason lists
+/// what exists), `Unavailable` (ClickHouse).
+pub async fn run_report(
+    state: &AppState,
+    params: &HashMap<String, String>,
+) -> Result<ReportResponse, ApiError> {
+    let q = parse_report_query(params, &state.topologies, state.config.max_report_windows)?;
     let (points, series) = if q.group_by.is_some() {
         let (top, rows) = crate::queries::grouped(&state.clickhouse, &q)
             .await
@@ -99,7 +109,7 @@ pub async fn get_report(
             .map_err(clickhouse_unavailable)?;
         (Some(assemble::series_points(&q, &rows)), None)
     };
-    let complete_until = complete_until(&state, &q.window, q.close_delay_ms(state.grace_ms))
+    let complete_until = complete_until(state, &q.window, q.close_delay_ms(state.grace_ms))
         .await
         .map(rfc3339);
     let pending_corrections = tally_sinks::postgres::ledger::pending_in_range(
@@ -132,7 +142,7 @@ pub async fn get_report(
         points,
         series,
     };
-    Ok(Json(response))
+    Ok(response)
 }
 
 /// The start before which every window of this kind is final and stored: a window is final

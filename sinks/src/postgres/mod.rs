@@ -1,6 +1,7 @@
 //! PostgreSQL: the platform's own records (applied migrations, pipeline progress, the late-event
 //! ledger, job runs and rebuilds; the job queue is graphile_worker's schema).
 
+pub mod audit;
 mod config;
 pub mod jobs;
 pub mod lease;
