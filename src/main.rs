@@ -393,7 +393,7 @@ async fn app_state(
         }),
         topologies: Arc::new(topologies.to_vec()),
         producer,
-        clickhouse: tally_sinks::clickhouse::connect(&config.clickhouse, true),
+        clickhouse: tally_sinks::clickhouse::connect_reader(&config.clickhouse),
         keys: tally_api::auth::KeyStore::postgres(postgres.clone()),
         limiters: Arc::new(tally_api::limits::Limiters::new(&config.api)),
         request_log: tally_api::request_log::RequestLog::start(postgres.clone(), &config.api),
@@ -415,7 +415,7 @@ async fn serve(
     Ok(())
 }
 
-/// Binds `api.listen`; failing is a configuration error (exit 78): the address is taken or
+/// Binds `api.listen` (and serves `/metrics` on `api.metrics_listen` when set); failing is a configuration error (exit 78): the address is taken or
 /// not this host's.
 async fn bind(config: &TallyConfig) -> anyhow::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(&config.api.listen)
@@ -428,6 +428,24 @@ async fn bind(config: &TallyConfig) -> anyhow::Result<tokio::net::TcpListener> {
         })
         .context(InvalidConfig)?;
     tracing::info!(address = %listener.local_addr()?, "api listening");
+    if !config.api.metrics_listen.is_empty() {
+        // `/metrics` on a listener of its own (the API's router leaves it out then).
+        let metrics = tokio::net::TcpListener::bind(&config.api.metrics_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding {} (set api.metrics_listen or TALLY_API__METRICS_LISTEN)",
+                    config.api.metrics_listen
+                )
+            })
+            .context(InvalidConfig)?;
+        tracing::info!(address = %metrics.local_addr()?, "metrics listening");
+        tokio::spawn(tally_api::serve(
+            metrics,
+            tally_api::metrics_router(),
+            std::future::pending(),
+        ));
+    }
     Ok(listener)
 }
 

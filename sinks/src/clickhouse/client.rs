@@ -21,6 +21,25 @@ pub fn connect(config: &ClickHouseConfig, with_database: bool) -> Client {
     }
 }
 
+/// The API's client: as [`connect`] with the database selected, as `read_user` when set, and
+/// every query sent with `readonly=2` (the server refuses writes and DDL, on 18.16 and current
+/// versions alike), `max_execution_time` and `max_memory_usage` from the config.
+pub fn connect_reader(config: &ClickHouseConfig) -> Client {
+    let mut client = connect(config, true);
+    if !config.read_user.is_empty() {
+        client = client
+            .with_user(config.read_user.clone())
+            .with_password(config.read_password.clone());
+    }
+    client
+        .with_setting("readonly", "2")
+        .with_setting(
+            "max_execution_time",
+            config.read_max_execution_time_s.to_string(),
+        )
+        .with_setting("max_memory_usage", config.read_max_memory_bytes.to_string())
+}
+
 /// What the connected server supports, found by asking it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Features {

@@ -23,6 +23,16 @@ pub struct ClickHouseConfig {
     /// How long raw events are kept, in days (a TTL where the server has TTL, otherwise whole
     /// monthly partitions are dropped once every row in them is older than this).
     pub retention_days: u32,
+    /// User the API reads as (empty: `user`). Give it a profile with `readonly = 2` (reads
+    /// only, settings may change) so the per-query limits below still apply.
+    pub read_user: String,
+    /// Password of `read_user`.
+    pub read_password: String,
+    /// `max_execution_time` of every API query, seconds (ClickHouse stops a longer one; the
+    /// API answers 503).
+    pub read_max_execution_time_s: u32,
+    /// `max_memory_usage` of every API query, bytes.
+    pub read_max_memory_bytes: u64,
 }
 
 impl Default for ClickHouseConfig {
@@ -35,6 +45,10 @@ impl Default for ClickHouseConfig {
             batch_rows: 50_000,
             batch_ms: 1_000,
             retention_days: 365,
+            read_user: String::new(),
+            read_password: String::new(),
+            read_max_execution_time_s: 30,
+            read_max_memory_bytes: 4_000_000_000,
         }
     }
 }
@@ -73,6 +87,15 @@ impl ClickHouseConfig {
         }
         if self.retention_days == 0 {
             return bad("clickhouse.retention_days", "must be at least 1");
+        }
+        if self.read_max_execution_time_s == 0 {
+            return bad("clickhouse.read_max_execution_time_s", "must be at least 1");
+        }
+        if self.read_max_memory_bytes < 1 << 20 {
+            return bad(
+                "clickhouse.read_max_memory_bytes",
+                "must be at least 1048576 (1 MiB)",
+            );
         }
         Ok(())
     }

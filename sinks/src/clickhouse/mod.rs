@@ -14,7 +14,7 @@ mod schema;
 pub mod topology_schema;
 mod writer;
 
-pub use client::{connect, ttl_probe_sql, Features};
+pub use client::{connect, connect_reader, ttl_probe_sql, Features};
 pub use config::ClickHouseConfig;
 pub use rows::EventRow;
 pub use schema::{
