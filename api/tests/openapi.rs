@@ -62,7 +62,9 @@ fn operations(spec: &Value) -> BTreeSet<(String, String)> {
 async fn every_route_is_documented_and_nothing_else() {
     let spec = spec().await;
     assert!(
-        spec["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")),
+        spec["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
         "{}",
         spec["openapi"]
     );
@@ -73,8 +75,14 @@ async fn every_route_is_documented_and_nothing_else() {
         .collect();
     let missing: Vec<_> = expected.difference(&documented).collect();
     let extra: Vec<_> = documented.difference(&expected).collect();
-    assert!(missing.is_empty(), "routes missing from /openapi.json: {missing:?}");
-    assert!(extra.is_empty(), "documented routes not in the list: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "routes missing from /openapi.json: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "documented routes not in the list: {extra:?}"
+    );
 }
 
 /// Every documented operation is served by the router: without a key it answers 401 (or 200
@@ -130,16 +138,21 @@ async fn operations_document_security_errors_and_parameters() {
                 "{method} {path}: no security requirement"
             );
             for code in ["401", "403"] {
-                assert!(codes.contains(&code), "{method} {path}: {code} undocumented");
+                assert!(
+                    codes.contains(&code),
+                    "{method} {path}: {code} undocumented"
+                );
             }
         }
         for segment in path.split('/').filter(|s| s.starts_with('{')) {
             let name = segment.trim_matches(|c| c == '{' || c == '}');
-            let declared = op["parameters"].as_array().is_some_and(|ps| {
-                ps.iter()
-                    .any(|p| p["name"] == name && p["in"] == "path")
-            });
-            assert!(declared, "{method} {path}: path parameter {name} undeclared");
+            let declared = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == name && p["in"] == "path"));
+            assert!(
+                declared,
+                "{method} {path}: path parameter {name} undeclared"
+            );
         }
     }
     // Every `$ref` points at a schema that exists.
@@ -159,7 +172,10 @@ async fn swagger_ui_is_served_offline_without_a_key() {
     let html = String::from_utf8_lossy(&body);
     assert!(html.contains("swagger"), "{html}");
     // The bundle comes from the binary (feature `vendored`), not a CDN.
-    assert!(!html.contains("unpkg.com") && !html.contains("cdn."), "{html}");
+    assert!(
+        !html.contains("unpkg.com") && !html.contains("cdn."),
+        "{html}"
+    );
     let request = Request::get("/docs/swagger-ui-bundle.js")
         .body(Body::empty())
         .expect("request");
