@@ -244,6 +244,36 @@ mod tests {
         assert!(e.contains("TALLY_NOPE__X"), "{e}");
     }
 
+    /// `tally.toml.example` is a valid config whose values are the defaults it claims.
+    #[test]
+    fn the_example_file_is_valid_and_states_the_defaults() {
+        let text = include_str!("../tally.toml.example");
+        let c = load_str(text, &[]).expect("tally.toml.example is valid");
+        let d = load_str("", &[]).expect("defaults");
+        assert_eq!(format!("{:?}", c.api), format!("{:?}", d.api));
+        assert_eq!(format!("{:?}", c.clickhouse), format!("{:?}", d.clickhouse));
+    }
+
+    #[test]
+    fn api_auth_and_limits_from_the_environment() {
+        let c = load_str(
+            "",
+            &[
+                ("TALLY_API__AUTH", "ingest_open"),
+                ("TALLY_API__REQUEST_LOG", "false"),
+                ("TALLY_API__CORS_ORIGINS", "[\"https://a.example\"]"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.api.auth, tally_api::AuthMode::IngestOpen);
+        assert!(!c.api.request_log);
+        assert_eq!(c.api.cors_origins, vec!["https://a.example".to_owned()]);
+        let e = load_str("", &[("TALLY_API__AUTH", "open")])
+            .expect_err("bad mode")
+            .to_string();
+        assert!(e.contains("api.auth") || e.contains("auth"), "{e}");
+    }
+
     #[test]
     fn topologies_section() {
         let c = load_str("[topologies]\ndir = \"x\"\nenabled = [\"a\"]\n", &[]).expect("valid");
