@@ -113,13 +113,12 @@ fn owner_of(caller: &Caller) -> Option<i64> {
 
 /// A resource id: a positive whole number.
 fn parse_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| {
-            let shown: String = raw.chars().take(40).collect();
-            ApiError::BadRequest(format!("`id` must be a positive whole number, got `{shown}`"))
-        })
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        let shown: String = raw.chars().take(40).collect();
+        ApiError::BadRequest(format!(
+            "`id` must be a positive whole number, got `{shown}`"
+        ))
+    })
 }
 
 fn not_found(id: i64) -> ApiError {
@@ -287,7 +286,9 @@ pub async fn list_resources(
             .ok()
             .filter(|n| (1..=MAX_PAGE).contains(n))
             .ok_or_else(|| {
-                ApiError::BadRequest(format!("`limit` must be a whole number from 1 to {MAX_PAGE}"))
+                ApiError::BadRequest(format!(
+                    "`limit` must be a whole number from 1 to {MAX_PAGE}"
+                ))
             })?,
     };
     let before = params

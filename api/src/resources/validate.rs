@@ -21,7 +21,10 @@ pub const MAX_REPORTS: usize = 20;
 /// The body of `POST /create_resource`, `POST /resources` and `PUT /resources/{id}`: exactly
 /// one of `report` and `reports`. Other fields are refused.
 #[derive(Deserialize, utoipa::ToSchema)]
-#[allow(dead_code, reason = "documents the body; handlers check it field by field")]
+#[allow(
+    dead_code,
+    reason = "documents the body; handlers check it field by field"
+)]
 pub struct ResourceRequest {
     /// 1..=200 characters, not blank.
     name: String,
@@ -35,7 +38,10 @@ pub struct ResourceRequest {
 
 /// A report as `GET /reports` takes it (strings; `limit` may be a number).
 #[derive(Deserialize, utoipa::ToSchema)]
-#[allow(dead_code, reason = "documents the body; handlers check it field by field")]
+#[allow(
+    dead_code,
+    reason = "documents the body; handlers check it field by field"
+)]
 pub struct ReportDefinition {
     /// A metric of the topology.
     metric: String,
@@ -129,11 +135,7 @@ pub(crate) fn resource(state: &AppState, body: &Value) -> Result<Valid, ApiError
                 "send either `report` (a saved report) or `reports` (a dashboard), not both",
             ))
         }
-        (None, None) => {
-            return Err(bad(
-                "`report` (or `reports`, for a dashboard) is required",
-            ))
-        }
+        (None, None) => return Err(bad("`report` (or `reports`, for a dashboard) is required")),
         (Some(report), None) => {
             check_report(state, "report", report)?;
             ("report", serde_json::json!({ "report": report }))
