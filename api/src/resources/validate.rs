@@ -202,10 +202,12 @@ fn field_of(reason: &str) -> Option<&'static str> {
         .find(|(phrase, _)| reason.contains(phrase))
         .map(|(_, field)| *field)
         .or_else(|| {
+            // The field mentioned first, e.g. `from` in "`from` must be before `to`".
             REPORT_FIELDS
                 .iter()
-                .find(|f| reason.contains(&format!("`{f}`")))
-                .copied()
+                .filter_map(|f| reason.find(&format!("`{f}`")).map(|at| (at, *f)))
+                .min()
+                .map(|(_, f)| f)
         })
 }
 
