@@ -765,3 +765,79 @@ async fn request_log_partitions_are_maintained() {
         .await
         .expect("drop");
 }
+
+/// One HTTP/1.1 request over a fresh connection: (status, raw head, body).
+async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+/// Over a socket on the real PostgreSQL: creates succeed exactly `burst` times, the next one
+/// is refused with Retry-After, counted per client IP (the peer address `serve` provides).
+#[tokio::test]
+async fn creates_past_the_burst_get_429_over_a_socket() {
+    if !e2e("creates_past_the_burst_get_429_over_a_socket") {
+        return;
+    }
+    let pool = real_pool().await;
+    let config = ApiConfig {
+        create_resource_per_second: 1,
+        create_resource_burst: 3,
+        ..ApiConfig::default()
+    };
+    let mut state = common::state_with(config.clone(), common::unreachable_kafka());
+    state.postgres = pool.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tally_api::serve(
+        listener,
+        tally_api::router(state),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let body = json!({"name": format!("burst {}", uuid::Uuid::new_v4()), "report": report()});
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (status, head, answer) = http(addr, "POST", "/resources", &body.to_string()).await;
+        assert_eq!(status, 201, "request {i}: {answer}");
+        assert!(
+            head.contains(&format!("ratelimit-remaining: {}", 2 - i)),
+            "{head}"
+        );
+        let created: Value = serde_json::from_str(&answer).expect("json");
+        ids.push(created["id"].as_i64().expect("id"));
+    }
+    let (status, head, answer) = http(addr, "POST", "/create_resource", &body.to_string()).await;
+    assert_eq!(status, 429, "{answer}");
+    assert!(head.contains("retry-after: 1\r\n"), "{head}");
+    assert!(head.contains("ratelimit-limit: 3"), "{head}");
+    let _ = stop.send(());
+    server.await.expect("join").expect("serve");
+    for id in ids {
+        sqlx::query("DELETE FROM resources WHERE id = $1")
+            .bind(id)
+            .execute(&pool)
+            .await
+            .expect("cleanup");
+    }
+}
