@@ -11,6 +11,10 @@ pub const INGEST_ACCEPTED: &str = "tally_ingest_events_accepted_total";
 pub const INGEST_REJECTED: &str = "tally_ingest_events_rejected_total";
 /// HTTP requests, by route and status.
 pub const HTTP_REQUESTS: &str = "tally_http_requests_total";
+/// Request-log rows written to PostgreSQL.
+pub const REQUEST_LOG_WRITTEN: &str = "tally_api_request_log_written_total";
+/// Request-log rows dropped, by reason (`queue_full`, `postgres`).
+pub const REQUEST_LOG_DROPPED: &str = "tally_api_request_log_dropped_total";
 
 /// Every metric the API exports.
 pub struct Metrics {
@@ -20,6 +24,10 @@ pub struct Metrics {
     pub ingest_rejected: IntCounterVec,
     /// See [`HTTP_REQUESTS`].
     pub http_requests: IntCounterVec,
+    /// See [`REQUEST_LOG_WRITTEN`].
+    pub request_log_written: IntCounter,
+    /// See [`REQUEST_LOG_DROPPED`].
+    pub request_log_dropped: IntCounterVec,
 }
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
@@ -51,6 +59,19 @@ impl Metrics {
                 &["route", "status"],
             )
             .unwrap_or_else(|e| panic!("metric {HTTP_REQUESTS}: {e}"))),
+            request_log_written: reg(IntCounter::new(
+                REQUEST_LOG_WRITTEN,
+                "Request-log rows written to PostgreSQL.",
+            )
+            .unwrap_or_else(|e| panic!("metric {REQUEST_LOG_WRITTEN}: {e}"))),
+            request_log_dropped: reg(IntCounterVec::new(
+                Opts::new(
+                    REQUEST_LOG_DROPPED,
+                    "Request-log rows dropped (queue full, or PostgreSQL failed), by reason.",
+                ),
+                &["reason"],
+            )
+            .unwrap_or_else(|e| panic!("metric {REQUEST_LOG_DROPPED}: {e}"))),
         })
     }
 }
@@ -63,6 +84,8 @@ mod tests {
         m.ingest_accepted.inc();
         m.ingest_rejected.with_label_values(&["test"]).inc();
         m.http_requests.with_label_values(&["/test", "200"]).inc();
+        m.request_log_written.inc();
+        m.request_log_dropped.with_label_values(&["test"]).inc();
         let names: Vec<String> = prometheus::default_registry()
             .gather()
             .iter()
@@ -72,6 +95,8 @@ mod tests {
             super::INGEST_ACCEPTED,
             super::INGEST_REJECTED,
             super::HTTP_REQUESTS,
+            super::REQUEST_LOG_WRITTEN,
+            super::REQUEST_LOG_DROPPED,
         ] {
             assert!(names.iter().any(|n| n == name), "{name} not registered");
         }

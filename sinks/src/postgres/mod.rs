@@ -7,6 +7,8 @@ pub mod jobs;
 pub mod lease;
 pub mod ledger;
 mod progress;
+pub mod request_log;
+pub mod resources;
 mod schema;
 
 pub use config::PostgresConfig;
