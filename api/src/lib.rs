@@ -42,8 +42,15 @@ pub use state::AppState;
 
 /// The documented routes (each handler's `#[utoipa::path]`), with their OpenAPI description.
 pub fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
-    let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    // `api.ingest_per_second` (off by default) limits both spellings of POST /events.
+    let ingest = OpenApiRouter::new()
         .routes(routes!(ingest::post_events))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_ingest,
+        ));
+    let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(ingest)
         .routes(routes!(reports::get_report))
         .routes(routes!(reports::get_summary))
         .routes(routes!(topologies::get_topologies))
@@ -71,7 +78,13 @@ pub fn router(state: AppState) -> Router {
     let (api, spec) = api_routes(&state).split_for_parts();
     // Other spellings of documented routes (a trailing slash), same handlers.
     let aliases = Router::new()
-        .route("/events/", post(ingest::post_events))
+        .route(
+            "/events/",
+            post(ingest::post_events).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                limits::limit_ingest,
+            )),
+        )
         .route("/reports/", get(reports::get_report))
         .route("/reports/summary/", get(reports::get_summary))
         .route("/topologies/", get(topologies::get_topologies));

@@ -268,7 +268,6 @@ pub(crate) async fn limit_get(
 
 /// Middleware for `POST /events` (the `ingest` class; passes everything when
 /// `api.ingest_per_second = 0`).
-#[allow(dead_code, reason = "lib.rs wires it onto POST /events")]
 pub(crate) async fn limit_ingest(
     State(state): State<AppState>,
     request: Request,

@@ -240,6 +240,7 @@ pub(crate) async fn record(
         .or_else(|| content_length(response.headers()))
         .unwrap_or(0);
     state.request_log.send(RequestRow {
+        id: 0,
         at,
         method,
         route,
@@ -259,6 +260,8 @@ pub(crate) async fn record(
 pub struct RequestEntry {
     /// When it arrived, RFC 3339 with microseconds.
     pub at: String,
+    /// Increasing id (the paging cursor).
+    pub id: i64,
     /// e.g. `GET`.
     pub method: String,
     /// The route template, e.g. `/resources/{id}`, or `unmatched`.
@@ -284,7 +287,7 @@ pub struct RequestEntry {
 pub struct RequestPage {
     /// At most `limit` requests.
     pub requests: Vec<RequestEntry>,
-    /// The `before` of the next page (the last entry's `at`); `null` on the last page.
+    /// The `before` of the next page (the last entry's `id`); `null` on the last page.
     pub next: Option<String>,
 }
 
@@ -296,7 +299,7 @@ fn rfc3339_micros(t: DateTime<Utc>) -> String {
 #[utoipa::path(get, path = "/admin/requests", tag = "admin",
     params(
         ("limit" = Option<i64>, Query, description = "Requests per page, 1..=1000, default 100"),
-        ("before" = Option<String>, Query, description = "Only requests that arrived before this RFC 3339 time (the previous page's `next`)")),
+        ("before" = Option<String>, Query, description = "Only requests logged before this one: the previous page's `next`")),
     responses(
         (status = 200, description = "A page of the request log", body = RequestPage),
         (status = 400, description = "`limit` or `before` invalid, or an unknown parameter", body = ErrorBody),
@@ -332,13 +335,11 @@ pub async fn get_requests(
     let before = params
         .get("before")
         .map(|raw| {
-            DateTime::parse_from_rfc3339(raw)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| {
-                    ApiError::BadRequest(
-                        "`before` must be an RFC 3339 time (the previous page's `next`)".into(),
-                    )
-                })
+            raw.parse::<i64>().ok().filter(|&id| id > 0).ok_or_else(|| {
+                ApiError::BadRequest(
+                    "`before` must be a positive whole number (the previous page's `next`)".into(),
+                )
+            })
         })
         .transpose()?;
     let rows = store::page(&state.postgres, before, limit)
@@ -348,11 +349,12 @@ pub async fn get_requests(
             ApiError::Unavailable("the platform database is unavailable; retry later".into())
         })?;
     let next = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| rfc3339_micros(r.at)))
+        .then(|| rows.last().map(|r| r.id.to_string()))
         .flatten();
     let requests = rows
         .into_iter()
         .map(|r| RequestEntry {
+            id: r.id,
             at: rfc3339_micros(r.at),
             method: r.method,
             route: r.route,

@@ -120,3 +120,48 @@ async fn metrics_leave_the_api_listener_when_they_have_their_own() {
     let (status, _) = common::get("/metrics").await;
     assert_eq!(status, StatusCode::OK, "served on api.listen by default");
 }
+
+/// `api.ingest_per_second`: off by default; when set, both spellings of `POST /events` share
+/// one GCRA limit per key or client.
+#[tokio::test]
+async fn ingest_limit_is_off_by_default_and_shared_by_both_spellings() {
+    let post = |path: &str| {
+        Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from("[{}]"))
+            .expect("request")
+    };
+    let state = common::state();
+    for _ in 0..150 {
+        let (status, _, _) = common::call_with(state.clone(), post("/events")).await;
+        assert_ne!(status, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let config = ApiConfig {
+        ingest_per_second: 1,
+        ingest_burst: 2,
+        ..ApiConfig::default()
+    };
+    let state = common::state_with(config, common::unreachable_kafka());
+    let (first, _, _) = common::call_with(state.clone(), post("/events")).await;
+    let (second, _, _) = common::call_with(state.clone(), post("/events/")).await;
+    assert_ne!(first, StatusCode::TOO_MANY_REQUESTS);
+    assert_ne!(second, StatusCode::TOO_MANY_REQUESTS);
+    let (third, headers, body) = common::call_with(state, post("/events")).await;
+    assert_eq!(
+        third,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let retry: u64 = headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("whole seconds");
+    assert!(retry >= 1);
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert!(
+        json["error"].as_str().is_some_and(|e| e.contains("ingest")),
+        "{json}"
+    );
+}

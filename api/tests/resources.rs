@@ -697,7 +697,7 @@ async fn request_log_partitions_are_maintained() {
         &uuid::Uuid::new_v4().simple().to_string()[..10]
     );
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE {table} (LIKE request_log) PARTITION BY RANGE (at);
+        "CREATE TABLE {table} (LIKE request_log INCLUDING DEFAULTS) PARTITION BY RANGE (at);
          CREATE TABLE {table}_default PARTITION OF {table} DEFAULT;"
     )))
     .execute(&pool)
@@ -718,6 +718,7 @@ async fn request_log_partitions_are_maintained() {
         [name(months(6)), name(months(5)), name(months(4))]
     );
     let row = |at| store::RequestRow {
+        id: 0,
         at,
         method: "GET".into(),
         route: "/x".into(),

@@ -23,6 +23,9 @@ fn ctx(what: &'static str) -> impl FnOnce(sqlx::Error) -> SinkError {
 /// One answered request.
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
 pub struct RequestRow {
+    /// Increasing id, assigned by PostgreSQL (ignored by inserts; 0 before).
+    #[sqlx(default)]
+    pub id: i64,
     /// When the request arrived.
     pub at: DateTime<Utc>,
     /// HTTP method, e.g. `GET`.
@@ -88,17 +91,18 @@ pub async fn insert_batch_into(
     Ok(done.rows_affected())
 }
 
-/// Newest first: at most `limit` rows that arrived before `before` (all when `None`).
+/// Newest first (by id, the order the writer logged them): at most `limit` rows with an id
+/// below `before` (all when `None`).
 pub async fn page(
     pool: &PgPool,
-    before: Option<DateTime<Utc>>,
+    before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<RequestRow>, SinkError> {
     sqlx::query_as(
-        "SELECT at, method, route, status, latency_ms, key_id, request_bytes, response_bytes,
-                client_ip, user_agent
-         FROM request_log WHERE $1::timestamptz IS NULL OR at < $1
-         ORDER BY at DESC LIMIT $2",
+        "SELECT id, at, method, route, status, latency_ms, key_id, request_bytes,
+                response_bytes, client_ip, user_agent
+         FROM request_log WHERE $1::BIGINT IS NULL OR id < $1
+         ORDER BY id DESC LIMIT $2",
     )
     .bind(before)
     .bind(limit)

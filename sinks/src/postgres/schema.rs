@@ -170,6 +170,14 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
             CREATE TABLE IF NOT EXISTS request_log_default PARTITION OF request_log DEFAULT;
             CREATE INDEX IF NOT EXISTS request_log_at ON request_log (at DESC);",
     ),
+    (
+        8,
+        "request_log ids",
+        // A unique, increasing id per logged request: the paging cursor of
+        // `GET /admin/requests` (times can repeat within a microsecond).
+        "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS id BIGSERIAL;
+         CREATE INDEX IF NOT EXISTS request_log_id ON request_log (id DESC);",
+    ),
 ];
 
 /// Applies every migration not yet recorded, each in its own transaction. Idempotent.
