@@ -46,7 +46,10 @@ pub fn limited(query: Query) -> Query {
 /// monthly partitions with the events').
 pub fn user_activity_ddl(config: &ClickHouseConfig, features: &Features) -> String {
     let ttl = if features.ttl {
-        format!("TTL day + INTERVAL {} DAY", u64::from(config.retention_days) + 1)
+        format!(
+            "TTL day + INTERVAL {} DAY",
+            u64::from(config.retention_days) + 1
+        )
     } else {
         String::new()
     };
