@@ -172,11 +172,29 @@ pub fn parse_dashboard_query(
                 .ok_or_else(|| bad(format!("topology {DEFAULT_TOPOLOGY} has no windows")))?
         }
     };
-    Ok(DashboardQuery {
+    let q = DashboardQuery {
         from_ms,
         to_ms,
         window,
-    })
+    };
+    // The series' checks (e.g. the number of windows) before anything is read.
+    crate::reports::parse_report_query(
+        &report_params(&q, "events"),
+        &state.topologies,
+        state.config.max_report_windows,
+    )?;
+    Ok(q)
+}
+
+/// The `/reports` parameters of one metric of the series.
+fn report_params(q: &DashboardQuery, metric: &str) -> HashMap<String, String> {
+    HashMap::from([
+        ("topology".to_owned(), DEFAULT_TOPOLOGY.to_owned()),
+        ("metric".to_owned(), metric.to_owned()),
+        ("window".to_owned(), q.window.clone()),
+        ("from".to_owned(), rfc3339_ms(q.from_ms)),
+        ("to".to_owned(), rfc3339_ms(q.to_ms)),
+    ])
 }
 
 fn rfc3339_ms(ms: u64) -> String {
@@ -210,14 +228,7 @@ async fn series(
     let mut columns = Vec::new();
     let mut complete_until = None;
     for metric in ["events", "unique_users", "unique_sessions"] {
-        let params = HashMap::from([
-            ("topology".to_owned(), DEFAULT_TOPOLOGY.to_owned()),
-            ("metric".to_owned(), metric.to_owned()),
-            ("window".to_owned(), q.window.clone()),
-            ("from".to_owned(), rfc3339_ms(q.from_ms)),
-            ("to".to_owned(), rfc3339_ms(q.to_ms)),
-        ]);
-        let report = run_report(state, &params).await?;
+        let report = run_report(state, &report_params(q, metric)).await?;
         complete_until = complete_until.or(report.complete_until);
         columns.push(report.points.unwrap_or_default());
     }

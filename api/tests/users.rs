@@ -652,6 +652,26 @@ fn users_sql_runs_on_current_clickhouse() {
             checks.push(json!({"sql": sql, "expect": expect}));
         }
     }
+    // The dashboard's top event types over the same rows.
+    let mut types: BTreeMap<&str, (u64, BTreeSet<&str>)> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for e in evs.iter().filter(|e| seen.insert(&e.id)) {
+        let t = types.entry(&e.event_type).or_default();
+        t.0 += 1;
+        t.1.insert(&e.user);
+    }
+    let mut ranked: Vec<(&str, u64, usize)> =
+        types.iter().map(|(t, (n, u))| (*t, *n, u.len())).collect();
+    ranked.sort_by_key(|(t, n, _)| (u64::MAX - n, t.to_owned()));
+    let expect: String = ranked
+        .iter()
+        .take(3)
+        .map(|(t, n, u)| format!("{},{n},{u}\n", csv_str(t)))
+        .collect();
+    let sql = tally_sinks::clickhouse::users::top_event_types(&client, base, base + 3 * DAY, 3)
+        .sql_display()
+        .to_string();
+    checks.push(json!({"sql": sql, "expect": expect}));
     let n = checks.len();
     let plan = json!({"setup": setup, "checks": checks});
     let script = concat!(
