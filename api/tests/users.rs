@@ -519,6 +519,7 @@ async fn users_equal_the_oracle_on_clickhouse() {
             .map(|u| (u["user_id"].as_str().unwrap_or("").to_owned(), u))
             .collect();
         assert_eq!(by_id, oracle(&evs, None, None));
+        retention(&s, &evs).await;
     });
     let outcome = futures::FutureExt::catch_unwind(result).await;
     s.admin
@@ -529,6 +530,67 @@ async fn users_equal_the_oracle_on_clickhouse() {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// Where the server has no TTL, retention drops the aggregate's monthly partitions with the
+/// events': an old user disappears from both, the others stay.
+async fn retention(s: &Setup, evs: &[Ev]) {
+    let ddl: String = s
+        .state
+        .clickhouse
+        .query("SHOW CREATE TABLE user_activity")
+        .fetch_one()
+        .await
+        .expect("ddl");
+    if ddl.contains("TTL") {
+        eprintln!("the server applies TTL: no partitions to drop");
+        return;
+    }
+    // 2020-01-15: far past a 365-day retention.
+    let old = Ev {
+        id: "old-1".into(),
+        event_type: "click".into(),
+        user: "ancient".into(),
+        session: String::new(),
+        ts_ms: 1_579_046_400_000,
+    };
+    let mut insert = s
+        .state
+        .clickhouse
+        .insert::<EventRow>("events")
+        .await
+        .expect("insert");
+    insert.write(&row(&old, 99_999)).await.expect("write");
+    insert.end().await.expect("end");
+    let got = all_pages(&s.state, "&search=ancient", 10).await;
+    assert_eq!(got.len(), 1, "the old user is counted before retention");
+    let config = ClickHouseConfig {
+        database: s.database.clone(),
+        ..Default::default()
+    };
+    let now = Utc::now().timestamp();
+    for table in tally_sinks::clickhouse::RETAINED_TABLES {
+        let dropped = tally_sinks::clickhouse::drop_expired_partitions_of(
+            &s.state.clickhouse,
+            &config,
+            table,
+            now,
+        )
+        .await
+        .expect("retention");
+        assert_eq!(dropped, [202001], "{table}");
+    }
+    assert!(tally_sinks::clickhouse::drop_expired_partitions_of(
+        &s.state.clickhouse,
+        &config,
+        "rollups; DROP TABLE events",
+        now
+    )
+    .await
+    .is_err());
+    assert!(all_pages(&s.state, "&search=ancient", 10).await.is_empty());
+    let got = all_pages(&s.state, "", 1000).await;
+    assert_eq!(got.len(), oracle(evs, None, None).len());
 }
 
 fn chdb_available() -> bool {
