@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod config;
+pub mod csv;
 pub mod dashboard;
 mod error;
 pub mod ingest;

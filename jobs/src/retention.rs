@@ -1,5 +1,5 @@
-//! The `retention` job: on servers without TTL, drops monthly partitions of `events` past
-//! `clickhouse.retention_days`; deletes job runs older than 14 days and settled ledger rows
+//! The `retention` job: on servers without TTL, drops monthly partitions of `events` and of the
+//! `user_activity` aggregate past `clickhouse.retention_days` (the same months of both); deletes job runs older than 14 days and settled ledger rows
 //! older than the retention; then queues itself again (job key `retention`).
 
 use graphile_worker::{IntoTaskHandlerResult, TaskHandler, WorkerContext};
@@ -18,25 +18,36 @@ impl TaskHandler for Retention {
         tracked(Self::IDENTIFIER, ctx, |job, pool| async move {
             let s = &job.settings;
             let client = &job.clickhouse.0;
-            let show = format!("SHOW CREATE TABLE {}.events", s.clickhouse.database);
-            let ddl: String = client
-                .query(&show)
-                .fetch_one()
-                .await
-                .map_err(|e| format!("reading the events table: {e}"))?;
-            let summary = if ddl.contains("TTL") {
-                "the server applies the table's TTL".to_owned()
-            } else {
-                let now = chrono::Utc::now().timestamp();
-                let dropped =
-                    tally_sinks::clickhouse::drop_expired_partitions(client, &s.clickhouse, now)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                if !dropped.is_empty() {
-                    tracing::info!(?dropped, "dropped expired partitions");
+            let mut summaries = Vec::new();
+            for table in tally_sinks::clickhouse::RETAINED_TABLES {
+                let show = format!("SHOW CREATE TABLE {}.{table}", s.clickhouse.database);
+                let ddl: String = client
+                    .query(&show)
+                    .fetch_one()
+                    .await
+                    .map_err(|e| format!("reading the {table} table: {e}"))?;
+                if ddl.contains("TTL") {
+                    summaries.push(format!("{table}: the server applies the table's TTL"));
+                    continue;
                 }
-                format!("dropped {} partitions {dropped:?}", dropped.len())
-            };
+                let now = chrono::Utc::now().timestamp();
+                let dropped = tally_sinks::clickhouse::drop_expired_partitions_of(
+                    client,
+                    &s.clickhouse,
+                    table,
+                    now,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                if !dropped.is_empty() {
+                    tracing::info!(table, ?dropped, "dropped expired partitions");
+                }
+                summaries.push(format!(
+                    "{table}: dropped {} partitions {dropped:?}",
+                    dropped.len()
+                ));
+            }
+            let summary = summaries.join("; ");
             let pruned = tally_sinks::postgres::jobs::prune(
                 &pool,
                 &s.pipeline,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tally_core::WindowSpec;
 
 pub use assemble::{rank_component, value, Point, Series};
+pub(crate) use params::{ms, time_param};
 pub use params::{
     parse_report_query, ReportQuery, DEFAULT_LIMIT, DEFAULT_TOPOLOGY, GROUPED_POINTS_FACTOR,
     MAX_LIMIT, MAX_TIME_MS,
@@ -54,7 +55,7 @@ pub(crate) fn rfc3339(ms: u64) -> String {
 
 /// A failed ClickHouse query: 503 for the client (the server's text is only logged). A missing
 /// table or database is logged as an error naming the fix, since retrying cannot help.
-fn clickhouse_unavailable(e: tally_sinks::SinkError) -> ApiError {
+pub(crate) fn clickhouse_unavailable(e: tally_sinks::SinkError) -> ApiError {
     if e.is_missing_schema() {
         tracing::error!(error = %e, "clickhouse schema missing: run `tally migrate`");
     } else {
@@ -76,7 +77,8 @@ fn clickhouse_unavailable(e: tally_sinks::SinkError) -> ApiError {
         ("limit" = Option<usize>, Query, description = "Groups with group_by, 1..=100, default 10"),
         ("format" = Option<String>, Query, description = "json (default) or csv (a header row, one row per point)")),
     responses(
-        (status = 200, description = "The series (`points`) or grouped series (`series`)", body = ReportResponse),
+        (status = 200, description = "The series (`points`) or grouped series (`series`); with format=csv a table with a header row (`window_start,value`, grouped `group,window_start,value`)",
+            content((ReportResponse = "application/json"), (String = "text/csv"))),
         (status = 400, description = "A parameter is missing, unknown or invalid; the reason lists what exists", body = crate::openapi::ErrorBody),
         (status = 401, description = "No key, or an unknown or revoked key", body = crate::openapi::ErrorBody),
         (status = 403, description = "The key's role may not read", body = crate::openapi::ErrorBody),
@@ -86,8 +88,42 @@ pub async fn get_report(
     _caller: crate::auth::Read,
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<ReportResponse>, ApiError> {
-    run_report(&state, &params).await.map(Json)
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let format = crate::csv::format_param(&params)?;
+    let report = run_report(&state, &params).await?;
+    match format {
+        crate::csv::Format::Json => Ok(Json(report).into_response()),
+        crate::csv::Format::Csv => Ok(crate::csv::response(report_csv(&report)?)),
+    }
+}
+
+/// A report as CSV: `window_start,value` per point, or `group,window_start,value` per group and
+/// point of a grouped report (times RFC 3339, an empty value where JSON has `null`).
+pub fn report_csv(report: &ReportResponse) -> Result<Vec<u8>, ApiError> {
+    use crate::csv::{body, Cell};
+    let value = |v: &serde_json::Value| {
+        Cell::Plain(if v.is_null() {
+            String::new()
+        } else {
+            v.to_string()
+        })
+    };
+    if let Some(series) = &report.series {
+        let rows = series.iter().flat_map(|s| {
+            s.points.iter().map(|p| {
+                vec![
+                    Cell::Text(s.group.clone()),
+                    Cell::Plain(p.window_start.clone()),
+                    value(&p.value),
+                ]
+            })
+        });
+        return body(&["group", "window_start", "value"], rows);
+    }
+    let points = report.points.iter().flatten();
+    let rows = points.map(|p| vec![Cell::Plain(p.window_start.clone()), value(&p.value)]);
+    body(&["window_start", "value"], rows)
 }
 
 /// Validates `params` as `/reports` does and answers them: what `GET /reports` returns, for
@@ -178,10 +214,14 @@ pub fn complete_until_from(
 /// The `/reports/summary` answer.
 #[derive(clickhouse::Row, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct Summary {
-    events: u64,
-    unique_users: u64,
-    unique_sessions: u64,
-    unique_event_types: u64,
+    /// Events (distinct event ids).
+    pub events: u64,
+    /// Distinct users.
+    pub unique_users: u64,
+    /// Distinct non-empty client `session_id`s.
+    pub unique_sessions: u64,
+    /// Distinct event types.
+    pub unique_event_types: u64,
 }
 
 /// `GET /reports/summary`: exact totals over raw events in `[from, to)`.

@@ -102,7 +102,10 @@ fn bad(reason: impl Into<String>) -> ApiError {
 /// A `from`/`to` parameter: RFC 3339 only (a bare number is refused, since epoch seconds and
 /// milliseconds cannot be told apart), within `[1970-01-01T00:00:00Z, 2106-02-07T06:28:16Z]`.
 /// Times outside the storable range are refused, never wrapped or silently clamped.
-fn time_param(params: &HashMap<String, String>, name: &str) -> Result<DateTime<Utc>, ApiError> {
+pub(crate) fn time_param(
+    params: &HashMap<String, String>,
+    name: &str,
+) -> Result<DateTime<Utc>, ApiError> {
     let raw = params.get(name).ok_or_else(|| {
         bad(format!(
             "`{name}` is required (RFC 3339, e.g. 2024-03-13T10:00:00Z)"
@@ -225,7 +228,7 @@ pub fn parse_report_query(
     topologies: &[Topology],
     max_windows: u64,
 ) -> Result<ReportQuery, ApiError> {
-    const KNOWN: [&str; 8] = [
+    const KNOWN: [&str; 9] = [
         "topology",
         "metric",
         "window",
@@ -234,6 +237,7 @@ pub fn parse_report_query(
         "event_type",
         "group_by",
         "limit",
+        "format",
     ];
     if let Some(k) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(bad(format!(

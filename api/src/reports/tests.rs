@@ -335,3 +335,66 @@ fn complete_until_never_passes_the_wall_clock() {
         Some(t0 + 120_000)
     );
 }
+
+fn response(points: Option<Vec<Point>>, series: Option<Vec<Series>>) -> ReportResponse {
+    ReportResponse {
+        topology: "web_sessions".into(),
+        metric: "bounce_rate".into(),
+        unit: "ratio",
+        window: "1h".into(),
+        window_size_s: 3600,
+        slide_s: 3600,
+        from: "2024-03-13T10:00:00Z".into(),
+        to: "2024-03-13T12:00:00Z".into(),
+        event_type: None,
+        group_by: None,
+        limit: None,
+        complete_until: None,
+        pending_corrections: None,
+        points,
+        series,
+    }
+}
+
+#[test]
+fn csv_has_a_row_per_point_and_guards_groups() {
+    let p = |start: &str, v: serde_json::Value| Point {
+        window_start: start.into(),
+        value: v,
+    };
+    let (t0, t1) = ("2024-03-13T10:00:00Z", "2024-03-13T11:00:00Z");
+    let plain = response(
+        Some(vec![
+            p(t0, serde_json::json!(0.25)),
+            p(t1, serde_json::Value::Null),
+        ]),
+        None,
+    );
+    let text = String::from_utf8(report_csv(&plain).expect("csv")).expect("utf-8");
+    assert_eq!(
+        text,
+        format!("window_start,value\r\n{t0},0.25\r\n{t1},\r\n")
+    );
+    let grouped = response(
+        None,
+        Some(vec![
+            Series {
+                group: "-1+1".into(),
+                total: serde_json::json!(3),
+                points: vec![p(t0, serde_json::json!(-3)), p(t1, serde_json::json!(1))],
+            },
+            Series {
+                group: "a,\"b\"".into(),
+                total: serde_json::json!(1),
+                points: vec![p(t0, serde_json::json!(1))],
+            },
+        ]),
+    );
+    let text = String::from_utf8(report_csv(&grouped).expect("csv")).expect("utf-8");
+    assert_eq!(
+        text,
+        format!(
+            "group,window_start,value\r\n'-1+1,{t0},-3\r\n'-1+1,{t1},1\r\n\"a,\"\"b\"\"\",{t0},1\r\n"
+        )
+    );
+}

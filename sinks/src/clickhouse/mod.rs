@@ -12,13 +12,15 @@ pub mod rollup_rows;
 mod rows;
 mod schema;
 pub mod topology_schema;
+pub mod users;
 mod writer;
 
 pub use client::{connect, connect_reader, ttl_probe_sql, Features};
 pub use config::ClickHouseConfig;
 pub use rows::EventRow;
 pub use schema::{
-    bootstrap_sql, drop_expired_partitions, migrate, migrations_sql, pending_migrations,
-    MigrationReport, LIST_PARTITIONS_SQL,
+    bootstrap_sql, drop_expired_partitions, drop_expired_partitions_of, migrate, migrations_sql,
+    pending_migrations, MigrationReport, LIST_PARTITIONS_SQL, LIST_TABLE_PARTITIONS_SQL,
+    RETAINED_TABLES,
 };
 pub use writer::ClickHouseWriter;

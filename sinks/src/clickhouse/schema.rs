@@ -40,6 +40,21 @@ const MIGRATIONS: &[Migration] = &[
         name: "create rollups",
         sql: rollups_ddl,
     },
+    Migration {
+        id: 3,
+        name: "create user_activity",
+        sql: super::users::user_activity_ddl,
+    },
+    Migration {
+        id: 4,
+        name: "create user_activity_mv",
+        sql: super::users::user_activity_view_ddl,
+    },
+    Migration {
+        id: 5,
+        name: "backfill user_activity",
+        sql: super::users::user_activity_backfill_sql,
+    },
 ];
 
 fn events_ddl(config: &ClickHouseConfig, features: &Features) -> String {
@@ -157,6 +172,15 @@ struct PartitionRow {
 pub const LIST_PARTITIONS_SQL: &str =
     "SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = 'events' AND active";
 
+/// The monthly partitions of a table (bind the database name, then the table's).
+pub const LIST_TABLE_PARTITIONS_SQL: &str =
+    "SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = ? AND active";
+
+/// The tables whose monthly partitions retention drops where the server has no TTL: raw
+/// `events` and the `user_activity` aggregate (partitioned by the same UTC month, so both keep
+/// the same months).
+pub const RETAINED_TABLES: [&str; 2] = ["events", "user_activity"];
+
 /// Retention where the server has no TTL: drops every monthly partition of `events` whose
 /// newest possible row is older than `retention_days` before `now_secs`. Returns the dropped
 /// partitions (`YYYYMM`).
@@ -165,10 +189,28 @@ pub async fn drop_expired_partitions(
     config: &ClickHouseConfig,
     now_secs: i64,
 ) -> Result<Vec<u32>, SinkError> {
+    drop_expired_partitions_of(client, config, "events", now_secs).await
+}
+
+/// [`drop_expired_partitions`] for `table`, one of [`RETAINED_TABLES`] (anything else is
+/// refused: the name is written into the statement).
+pub async fn drop_expired_partitions_of(
+    client: &Client,
+    config: &ClickHouseConfig,
+    table: &str,
+    now_secs: i64,
+) -> Result<Vec<u32>, SinkError> {
+    let Some(table) = RETAINED_TABLES.iter().find(|t| **t == table) else {
+        return Err(SinkError::Config {
+            field: "retention",
+            reason: format!("`{table}` is not a table retention manages"),
+        });
+    };
     let db = &config.database;
     let parts: Vec<PartitionRow> = client
-        .query(LIST_PARTITIONS_SQL)
+        .query(LIST_TABLE_PARTITIONS_SQL)
         .bind(db.as_str())
+        .bind(*table)
         .fetch_all()
         .await
         .map_err(|e| SinkError::clickhouse("listing partitions", e))?;
@@ -179,7 +221,7 @@ pub async fn drop_expired_partitions(
             continue;
         };
         if month_end_secs(yyyymm).is_some_and(|end| end <= cutoff) {
-            let sql = format!("ALTER TABLE {db}.events DROP PARTITION {yyyymm}");
+            let sql = format!("ALTER TABLE {db}.{table} DROP PARTITION {yyyymm}");
             exec(client, &sql, "dropping an expired partition").await?;
             dropped.push(yyyymm);
         }
