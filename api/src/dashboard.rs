@@ -209,15 +209,10 @@ pub fn change(value: u64, previous: u64) -> Option<f64> {
 }
 
 async fn summary(state: &AppState, from_ms: u64, to_ms: u64) -> Result<Summary, ApiError> {
-    tally_sinks::clickhouse::users::limited(crate::queries::summary(
-        &state.clickhouse,
-        from_ms,
-        to_ms,
-        None,
-    ))
-    .fetch_one()
-    .await
-    .map_err(|e| clickhouse_unavailable(tally_sinks::SinkError::clickhouse("summary", e)))
+    crate::queries::summary(&state.clickhouse, from_ms, to_ms, None)
+        .fetch_one()
+        .await
+        .map_err(|e| clickhouse_unavailable(tally_sinks::SinkError::clickhouse("summary", e)))
 }
 
 /// The series: one `/reports` per metric over the same windows, zipped by window start.

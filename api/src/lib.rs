@@ -139,6 +139,7 @@ fn cors(config: &ApiConfig) -> CorsLayer {
             axum::http::HeaderName::from_static("ratelimit-limit"),
             axum::http::HeaderName::from_static("ratelimit-remaining"),
             axum::http::HeaderName::from_static("ratelimit-reset"),
+            axum::http::HeaderName::from_static("x-next-cursor"),
         ])
         .max_age(Duration::from_secs(600))
 }

@@ -12,9 +12,9 @@
 //!
 //! A read merges whole UTC days from the aggregate with the partial days at the edges of the
 //! range from raw `events` (as the same states), so any `[from, to)` is exact to the
-//! millisecond. Values are bound by the client (18.16 has no server-side parameters), and
-//! every read carries [`API_READ_SETTINGS`]. Everything runs on ClickHouse 18.16 and current
-//! releases.
+//! millisecond. Values are bound by the client (18.16 has no server-side parameters); the
+//! API's client ([`super::connect_reader`]) sends every read with `readonly=2` and the
+//! configured time and memory limits. Everything runs on ClickHouse 18.16 and current releases.
 
 use clickhouse::query::Query;
 use clickhouse::Client;
@@ -26,20 +26,6 @@ use super::read::datetime_secs;
 
 /// A day in milliseconds.
 pub const DAY_MS: u64 = 86_400_000;
-
-/// ClickHouse settings of every API read here: at most 30 s of execution and 2 GiB of memory
-/// per query (the server stops the query with an error past either; the API answers 503).
-pub const API_READ_SETTINGS: [(&str, &str); 2] = [
-    ("max_execution_time", "30"),
-    ("max_memory_usage", "2147483648"),
-];
-
-/// `query` with [`API_READ_SETTINGS`].
-pub fn limited(query: Query) -> Query {
-    API_READ_SETTINGS
-        .iter()
-        .fold(query, |q, (name, value)| q.with_setting(*name, *value))
-}
 
 /// `CREATE TABLE user_activity` (with a TTL one day past the events' where the server has TTL,
 /// so a day's row outlives none of its raw events; elsewhere the retention job drops its
@@ -343,7 +329,7 @@ pub fn users(client: &Client, q: &UserQuery) -> Query {
         }
         .bind(a.user_id.as_str());
     }
-    limited(query.bind(q.limit.saturating_add(1)))
+    query.bind(q.limit.saturating_add(1))
 }
 
 /// One event type's share of a range (see [`top_event_types`]).
@@ -374,15 +360,13 @@ pub fn top_event_types(client: &Client, from_ms: u64, to_ms: u64, limit: u64) ->
          GROUP BY event_type
          ORDER BY n_events DESC, event_type ASC
          LIMIT ?";
-    limited(
-        client
-            .query(sql)
-            .bind(datetime_secs(from_ms / 1000))
-            .bind(datetime_secs(to_ms / 1000))
-            .bind(from_ms)
-            .bind(to_ms)
-            .bind(limit),
-    )
+    client
+        .query(sql)
+        .bind(datetime_secs(from_ms / 1000))
+        .bind(datetime_secs(to_ms / 1000))
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(limit)
 }
 
 #[cfg(test)]
