@@ -67,7 +67,7 @@ fn documented_routes(state: &AppState) -> Vec<Route> {
                 }
             }
             routes.push(Route {
-                role: secured.then(|| needed(&m.to_string(), path, &tags)),
+                role: secured.then(|| needed(m.as_str(), path, &tags)),
                 method: m,
                 path: path.clone(),
             });
