@@ -181,10 +181,17 @@ fn require(parts: &Parts, needed: Role) -> Result<Caller, ApiError> {
             "cannot check the API key now (the key store is unreachable); retry later".into(),
         )),
         Some(Authn::Key(caller)) if caller.role.allows(needed) => Ok(caller.clone()),
-        Some(Authn::Key(caller)) => Err(ApiError::Forbidden(format!(
-            "the key `{}` has the `{}` role; this route needs `{needed}` (or `admin`)",
-            caller.name, caller.role
-        ))),
+        Some(Authn::Key(caller)) => {
+            let or_admin = if needed == Role::Admin {
+                ""
+            } else {
+                " (or `admin`)"
+            };
+            Err(ApiError::Forbidden(format!(
+                "the key `{}` has the `{}` role; this route needs `{needed}`{or_admin}",
+                caller.name, caller.role
+            )))
+        }
     }
 }
 
