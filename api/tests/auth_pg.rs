@@ -232,7 +232,7 @@ async fn the_audit_log_pages_newest_first() {
     }
     let state = pg_state().await;
     let t = tag();
-    let admin = admin_key(&state, &format!("pager-{t}")).await;
+    let (admin, _) = common::stored_key(&state.postgres, tally_api::auth::Role::Admin).await;
     for i in 0..3 {
         let body = json!({"name": format!("p{i}-{t}"), "role": "ingest"});
         let (status, b) = send(&state, "POST", "/admin/keys", Some(&admin), Some(body)).await;

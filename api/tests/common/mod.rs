@@ -224,12 +224,11 @@ pub fn memory_keys() -> KeyStore {
 }
 
 /// `request` sent by `who` (its key as `Authorization: Bearer`).
-pub fn with_key(who: Who, mut request: Request<Body>) -> Request<Body> {
-    if let Some(key) = who.key() {
-        let value = format!("Bearer {key}").parse().expect("header value");
-        request.headers_mut().insert("authorization", value);
+pub fn with_key(who: Who, request: Request<Body>) -> Request<Body> {
+    match who.key() {
+        Some(key) => with_key_value(&key, request),
+        None => request,
     }
-    request
 }
 
 /// Runs `request` through the router of `state` as it is (no key added).
@@ -298,4 +297,30 @@ pub async fn get(uri: &str) -> (StatusCode, Value) {
 /// Now, epoch milliseconds.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// A key of `role` stored in the real PostgreSQL behind `pool` (a unique name `test-<uuid>`),
+/// for end-to-end tests whose state uses `KeyStore::postgres` (e.g. where rows reference
+/// `api_keys.id`). Returns `(key, id)`; send the key with [`with_key_value`].
+pub async fn stored_key(pool: &sqlx::PgPool, role: Role) -> (String, i64) {
+    let secret = tally_api::auth::generate().expect("rng");
+    let name = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let new = tally_sinks::postgres::keys::NewKey {
+        name: &name,
+        role: role.as_str(),
+        key_hash: &secret.key_hash,
+        key_prefix: &secret.key_prefix,
+    };
+    let actor = tally_sinks::postgres::audit::Actor::cli();
+    let row = tally_sinks::postgres::keys::create(pool, new, &actor)
+        .await
+        .expect("storing a test key (run `tally migrate` on this PostgreSQL)");
+    (secret.key, row.id)
+}
+
+/// `request` with `key` as `Authorization: Bearer`.
+pub fn with_key_value(key: &str, mut request: Request<Body>) -> Request<Body> {
+    let value = format!("Bearer {key}").parse().expect("header value");
+    request.headers_mut().insert("authorization", value);
+    request
 }
