@@ -82,7 +82,8 @@ pub async fn rebuild(config: &TallyConfig, args: &RebuildArgs) -> anyhow::Result
         i64::try_from(to).unwrap_or(i64::MAX),
     );
     let pipeline = &config.pipeline.name;
-    let id = records::rebuild_create(&pool, pipeline, from_ms, to_ms).await?;
+    let actor = tally_sinks::postgres::audit::Actor::cli();
+    let id = records::rebuild_create(&pool, pipeline, from_ms, to_ms, &actor).await?;
     tally_jobs::enqueue(
         &pool,
         pipeline,

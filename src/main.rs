@@ -5,6 +5,7 @@ mod config;
 mod delivery;
 mod import;
 mod jobs_cli;
+mod keys_cli;
 mod produce;
 mod topology_cli;
 
@@ -65,6 +66,10 @@ enum Command {
     Rebuild(jobs_cli::RebuildArgs),
     /// List queued jobs, recent job runs and the late-event ledger.
     Jobs(jobs_cli::JobsArgs),
+    /// Manage API keys: `keys create --name N --role ingest|read|admin` (prints the key once,
+    /// alone on the last line of standard output), `keys list [--json]`, `keys revoke
+    /// NAME_OR_ID`.
+    Keys(keys_cli::KeysArgs),
     /// Import files of historical events (JSON lines, JSON array, CSV; gzip or not) through
     /// the same validation and Kafka path as `POST /events`.
     ///
@@ -211,6 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }),
         Command::Rebuild(args) => runtime.block_on(jobs_cli::rebuild(&config, &args)),
         Command::Jobs(args) => runtime.block_on(jobs_cli::jobs(&config, &args)),
+        Command::Keys(args) => runtime.block_on(keys_cli::run(&config, &args)),
         Command::Topology(args) => runtime.block_on(topology_cli::run(&config, &args)),
         Command::Up | Command::Down | Command::Status | Command::Import(_) => Ok(()),
     }
@@ -282,6 +288,13 @@ async fn migrate(config: &TallyConfig) -> anyhow::Result<()> {
         listed(&applied, "none (up to date)"),
         tally_jobs::QUEUE_SCHEMA
     );
+    match keys_cli::ensure_admin_key(&pool).await? {
+        Some(path) => println!(
+            "api: created the first admin key; it is in {} (mode 0600; `tally keys create` makes more)",
+            path.display()
+        ),
+        None => println!("api: an admin key exists (`tally keys list`)"),
+    }
     Ok(())
 }
 

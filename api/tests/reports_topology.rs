@@ -231,7 +231,7 @@ async fn setup() -> Setup {
         producer: common::unreachable_producer(&kafka),
         kafka: Arc::new(kafka),
         clickhouse: ch,
-        keys: tally_api::auth::KeyStore::postgres(pool.clone()),
+        keys: common::memory_keys(),
         limiters: Arc::new(tally_api::limits::Limiters::new(&ApiConfig::default())),
         request_log: tally_api::request_log::RequestLog::disabled(),
         postgres: pool,
@@ -270,7 +270,10 @@ async fn teardown(s: &Setup) {
 async fn report(state: &AppState, query: &str) -> Value {
     let uri = format!("/reports?{query}");
     let response = router(state.clone())
-        .oneshot(Request::get(&uri).body(Body::empty()).expect("request"))
+        .oneshot(common::with_key(
+            common::Who::Read,
+            Request::get(&uri).body(Body::empty()).expect("request"),
+        ))
         .await
         .expect("infallible");
     let status = response.status();

@@ -17,6 +17,9 @@
 # (default 127.0.0.1:8080) is also where this script looks for the API.
 # The binary is $CARGO_TARGET_DIR/release/tally (default target/ in the repo).
 # Logs: $TALLY_HOME/log/{tally,produce}.log; pids: $TALLY_HOME/run/.
+# Keys: `tally migrate` writes the first admin key to $TALLY_HOME/admin.key (when no admin key
+# exists yet); `start` creates a `read` key for the sample reports in $TALLY_HOME/demo-read.key
+# (reused while valid). Both files are mode 0600.
 set -euo pipefail
 
 DEPLOY_DIR=$(cd "$(dirname "$0")" && pwd)
@@ -40,6 +43,7 @@ PRODUCE_PIDFILE=$RUN_DIR/produce.pid
 # Present while the stack runs because `demo.sh start` started it: only then does `stop` stop it.
 STACK_MARKER=$RUN_DIR/demo-started-stack
 TALLY_LOG=$LOG_DIR/tally.log
+READ_KEY_FILE=$TALLY_HOME/demo-read.key
 PRODUCE_LOG=$LOG_DIR/produce.log
 
 # owned_pid, port_open, spawn, stop_pid, rotate_log
@@ -83,7 +87,8 @@ wait_healthy() { # pid
 # GET a URL and pretty-print the JSON answer (or show the error as is).
 show() { # url
     local body code
-    body=$(curl -sS --max-time 10 -w '\n%{http_code}' "$1") || {
+    body=$(curl -sS --max-time 10 -H @<(printf 'Authorization: Bearer %s\n' "$(<"$READ_KEY_FILE")") \
+        -w '\n%{http_code}' "$1") || {
         echo "(request failed)"
         return 0
     }
@@ -112,6 +117,22 @@ start_tally() {
     fi
     wait_healthy "$pid"
     echo "API healthy at $API"
+}
+
+# A `read` key for the sample reports: the one in $READ_KEY_FILE while the API accepts it, else
+# a new one (`tally keys create` prints it alone on standard output).
+ensure_read_key() {
+    local code
+    if [[ -s $READ_KEY_FILE ]]; then
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 \
+            -H @<(printf 'Authorization: Bearer %s\n' "$(<"$READ_KEY_FILE")") "$API/topologies" || true)
+        if [[ $code == 200 ]]; then
+            echo "using the read key in $READ_KEY_FILE"
+            return 0
+        fi
+    fi
+    (umask 077 && "$BIN" keys create --name "demo-read-$(date +%s)" --role read >"$READ_KEY_FILE")
+    echo "created a read key in $READ_KEY_FILE"
 }
 
 start_produce() {
@@ -163,6 +184,9 @@ cmd_start() {
     step "tally all (pipeline + API)"
     start_tally
 
+    step "an API key to read reports with"
+    ensure_read_key
+
     step "tally produce (synthetic events, 200/s, until stopped)"
     start_produce
 
@@ -176,6 +200,9 @@ cmd_start() {
 
 Tally is running.
   API        $API   (POST /events, GET /reports, GET /reports/summary, GET /healthz)
+  keys       read: $READ_KEY_FILE; admin: $TALLY_HOME/admin.key (if this migrate created it)
+             curl -H "Authorization: Bearer \$(cat $READ_KEY_FILE)" "$API/reports/summary"
+             more keys: $BIN keys create --name NAME --role ingest|read|admin
   metrics    $API/metrics
   logs       $TALLY_LOG, $PRODUCE_LOG, services in $LOG_DIR/
   stop       bash deploy/local/demo.sh stop    (stops $stops)

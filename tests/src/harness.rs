@@ -123,11 +123,20 @@ pub struct Stack {
     pub settings: PipelineSettings,
     /// Base URL of the test's API.
     pub api: String,
-    /// HTTP client.
+    /// HTTP client; it sends [`Stack::key`] on every request.
     pub http: reqwest::Client,
+    /// An admin API key generated for this test; [`setup`] stores it (named `e2e-<tag>`) in
+    /// PostgreSQL, so the test's API (in-process or a spawned `tally all`) accepts it.
+    pub key: String,
+    /// SHA-256 of `key`.
+    pub key_hash: [u8; 32],
+    /// `key`'s display prefix.
+    pub key_prefix: String,
 }
 
 pub fn stack(tag: &str) -> Stack {
+    let secret = tally_api::auth::generate()
+        .unwrap_or_else(|e| panic!("generating the test's API key: {e}"));
     let kafka = KafkaConfig {
         brokers: env_or("TALLY_KAFKA__BROKERS", "127.0.0.1:9092"),
         topic: format!("e2e_{tag}"),
@@ -164,8 +173,44 @@ pub fn stack(tag: &str) -> Stack {
             topologies: shipped_topologies(),
         },
         api: String::new(),
-        http: reqwest::Client::new(),
+        http: client_with_key(&secret.key),
+        key: secret.key,
+        key_hash: secret.key_hash,
+        key_prefix: secret.key_prefix,
     }
+}
+
+/// An HTTP client that sends `Authorization: Bearer <key>` on every request.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+        .unwrap_or_else(|e| panic!("a key is a valid header value: {e}"));
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_else(|e| panic!("building the HTTP client: {e}"))
+}
+
+/// Stores `st`'s admin key in PostgreSQL as `e2e-<tag>` (its pipeline name), unless stored.
+pub async fn store_key(st: &Stack, pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let name = format!(
+        "e2e-{}",
+        st.settings.pipeline.name.trim_start_matches("e2e_")
+    );
+    if tally_sinks::postgres::keys::name_exists(pool, &name).await? {
+        return Ok(());
+    }
+    let key = tally_sinks::postgres::keys::NewKey {
+        name: &name,
+        role: "admin",
+        key_hash: &st.key_hash,
+        key_prefix: &st.key_prefix,
+    };
+    let actor = tally_sinks::postgres::audit::Actor::cli();
+    tally_sinks::postgres::keys::create(pool, key, &actor).await?;
+    Ok(())
 }
 
 /// The topologies shipped in `topologies/*.toml` (`product_analytics` and `web_sessions`): every
@@ -395,6 +440,7 @@ pub fn setup(tag: &str) -> anyhow::Result<(tokio::runtime::Runtime, Stack)> {
         let pool = tally_sinks::postgres::connect(&s.postgres).await?;
         tally_jobs::migrate(&pool).await?;
         tally_sinks::postgres::migrate(&pool).await?;
+        store_key(&st, &pool).await?;
         let state = AppState {
             config: Arc::new(ApiConfig::default()),
             kafka: Arc::new(tally_api::KafkaTarget {

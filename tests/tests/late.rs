@@ -481,6 +481,23 @@ fn rebuild_rewrites_a_range_with_the_same_exact_values() -> anyhow::Result<()> {
             out.status
         );
         ensure!(stdout.contains("done"), "tally rebuild said: {stdout}");
+        // The rebuild's `job.started` audit row, committed with its record.
+        let audited: Vec<(String, String)> = rt.block_on(async {
+            let pool = tally_sinks::postgres::connect(&st.settings.postgres).await?;
+            let rows = sqlx::query_as(
+                "SELECT a.actor, a.target FROM audit_log a JOIN rebuilds r
+                   ON a.target = 'rebuild:' || r.id
+                 WHERE a.action = 'job.started' AND r.pipeline = $1",
+            )
+            .bind(&st.settings.pipeline.name)
+            .fetch_all(&pool)
+            .await?;
+            anyhow::Ok(rows)
+        })?;
+        ensure!(
+            audited.len() == 1 && audited[0].0.starts_with("cli"),
+            "job.started audit rows: {audited:?}"
+        );
         rt.block_on(check_all(&st, &all, from, to))
     })();
     running.stop(&rt);

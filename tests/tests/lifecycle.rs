@@ -250,7 +250,7 @@ fn tally_all_reports_health_drains_on_sigterm_and_stops_on_a_fatal_error() -> an
             .stderr(log)
             .spawn()?)
     };
-    let http = reqwest::Client::new();
+    let http = st.http.clone();
     let now = Utc::now().timestamp_millis() as u64;
     let mut rng = Rng(0xA11 ^ now);
     let evs = events(&mut rng, now - 120_000, 60_000, 100);

@@ -1,8 +1,14 @@
-//! Helpers shared by the socket-free router tests: every dependency points at a closed port.
+//! Helpers shared by the socket-free router tests: every dependency points at a closed port,
+//! and API keys come from an in-memory key source ([`MemoryKeys`]) holding one key per role and
+//! a revoked one ([`Who`]).
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tally_api::auth::{CachePolicy, KeyRecord, KeySource, KeyStore, Role, SourceError};
 
 use axum::body::{to_bytes, Body};
 use axum::http::{HeaderMap, Request, StatusCode};
@@ -96,7 +102,7 @@ pub fn state_with(config: ApiConfig, kafka: KafkaTarget) -> AppState {
         .connect_lazy(&pg_url)
         .expect("lazy pool");
     AppState {
-        keys: tally_api::auth::KeyStore::postgres(postgres.clone()),
+        keys: memory_keys(),
         limiters: Arc::new(tally_api::limits::Limiters::new(&config)),
         request_log: tally_api::request_log::RequestLog::disabled(),
         config: Arc::new(config),
@@ -117,8 +123,116 @@ pub fn state() -> AppState {
     state_with(ApiConfig::default(), unreachable_kafka())
 }
 
-/// Runs `request` through the router of `state`.
-pub async fn call_with(
+/// Who sends a request: no key, a valid key of each role, a revoked admin key, a well-formed
+/// key nobody has, or something that is not a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Who {
+    None,
+    Ingest,
+    Read,
+    Admin,
+    Revoked,
+    Unknown,
+    Malformed,
+}
+
+impl Who {
+    /// Every kind of caller.
+    pub const ALL: [Who; 7] = [
+        Who::None,
+        Who::Ingest,
+        Who::Read,
+        Who::Admin,
+        Who::Revoked,
+        Who::Unknown,
+        Who::Malformed,
+    ];
+
+    /// The key this caller sends.
+    pub fn key(self) -> Option<String> {
+        let tag = match self {
+            Who::None => return None,
+            Who::Malformed => return Some("tly_not-a-key".into()),
+            Who::Ingest => "ingest",
+            Who::Read => "read",
+            Who::Admin => "admin",
+            Who::Revoked => "revoked",
+            Who::Unknown => "unknown",
+        };
+        Some(test_key(tag))
+    }
+}
+
+/// A well-formed key (`tly_` + 43 characters) made from `tag`.
+pub fn test_key(tag: &str) -> String {
+    format!("tly_{tag:0<43}")
+}
+
+/// Keys in memory, by hash. [`MemoryKeys::standard`] holds the keys of [`Who`].
+#[derive(Clone, Default)]
+pub struct MemoryKeys(Arc<Mutex<HashMap<[u8; 32], KeyRecord>>>);
+
+impl MemoryKeys {
+    /// `ingest` (id 1), `read` (2), `admin` (3) and a revoked admin key `revoked` (4).
+    pub fn standard() -> MemoryKeys {
+        let keys = MemoryKeys::default();
+        for (id, who, role) in [
+            (1, Who::Ingest, Role::Ingest),
+            (2, Who::Read, Role::Read),
+            (3, Who::Admin, Role::Admin),
+            (4, Who::Revoked, Role::Admin),
+        ] {
+            let key = who.key().expect("a key");
+            keys.insert(id, &format!("{who:?}").to_lowercase(), role, &key);
+        }
+        keys.revoke(&Who::Revoked.key().expect("a key"));
+        keys
+    }
+
+    /// Adds `key` as key `id` named `name`.
+    pub fn insert(&self, id: i64, name: &str, role: Role, key: &str) {
+        let key_hash = tally_api::auth::hash(key);
+        let record = KeyRecord {
+            id,
+            name: name.to_owned(),
+            role,
+            key_hash,
+            revoked: false,
+        };
+        self.0.lock().expect("lock").insert(key_hash, record);
+    }
+
+    /// Marks `key` revoked.
+    pub fn revoke(&self, key: &str) {
+        let mut keys = self.0.lock().expect("lock");
+        if let Some(r) = keys.get_mut(&tally_api::auth::hash(key)) {
+            r.revoked = true;
+        }
+    }
+}
+
+impl KeySource for MemoryKeys {
+    fn find(&self, key_hash: [u8; 32]) -> BoxFuture<'_, Result<Option<KeyRecord>, SourceError>> {
+        let found = self.0.lock().expect("lock").get(&key_hash).cloned();
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+/// A key store over [`MemoryKeys::standard`].
+pub fn memory_keys() -> KeyStore {
+    KeyStore::new(MemoryKeys::standard(), CachePolicy::default())
+}
+
+/// `request` sent by `who` (its key as `Authorization: Bearer`).
+pub fn with_key(who: Who, request: Request<Body>) -> Request<Body> {
+    match who.key() {
+        Some(key) => with_key_value(&key, request),
+        None => request,
+    }
+}
+
+/// Runs `request` through the router of `state` as it is (no key added).
+pub async fn call_as_is(
     state: AppState,
     request: Request<Body>,
 ) -> (StatusCode, HeaderMap, Vec<u8>) {
@@ -129,6 +243,33 @@ pub async fn call_with(
         .await
         .expect("body");
     (status, headers, body.to_vec())
+}
+
+/// Runs `request` through the router of `state`, sent by `who`.
+pub async fn call_as(
+    state: AppState,
+    who: Who,
+    request: Request<Body>,
+) -> (StatusCode, HeaderMap, Vec<u8>) {
+    call_as_is(state, with_key(who, request)).await
+}
+
+/// Runs `request` through the router of `state`; a request without a key gets the key of a
+/// role that may call its route (`ingest` for `/events`, `admin` elsewhere).
+pub async fn call_with(
+    state: AppState,
+    request: Request<Body>,
+) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let has_key = request.headers().contains_key("authorization")
+        || request.headers().contains_key("x-api-key");
+    let who = if has_key {
+        Who::None
+    } else if request.uri().path().starts_with("/events") {
+        Who::Ingest
+    } else {
+        Who::Admin
+    };
+    call_as(state, who, request).await
 }
 
 /// Runs `request` through the default router.
@@ -156,4 +297,30 @@ pub async fn get(uri: &str) -> (StatusCode, Value) {
 /// Now, epoch milliseconds.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// A key of `role` stored in the real PostgreSQL behind `pool` (a unique name `test-<uuid>`),
+/// for end-to-end tests whose state uses `KeyStore::postgres` (e.g. where rows reference
+/// `api_keys.id`). Returns `(key, id)`; send the key with [`with_key_value`].
+pub async fn stored_key(pool: &sqlx::PgPool, role: Role) -> (String, i64) {
+    let secret = tally_api::auth::generate().expect("rng");
+    let name = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let new = tally_sinks::postgres::keys::NewKey {
+        name: &name,
+        role: role.as_str(),
+        key_hash: &secret.key_hash,
+        key_prefix: &secret.key_prefix,
+    };
+    let actor = tally_sinks::postgres::audit::Actor::cli();
+    let row = tally_sinks::postgres::keys::create(pool, new, &actor)
+        .await
+        .expect("storing a test key (run `tally migrate` on this PostgreSQL)");
+    (secret.key, row.id)
+}
+
+/// `request` with `key` as `Authorization: Bearer`.
+pub fn with_key_value(key: &str, mut request: Request<Body>) -> Request<Body> {
+    let value = format!("Bearer {key}").parse().expect("header value");
+    request.headers_mut().insert("authorization", value);
+    request
 }

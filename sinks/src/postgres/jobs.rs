@@ -286,22 +286,38 @@ pub struct Rebuild {
     pub error: Option<String>,
 }
 
-/// Creates a rebuild record of `pipeline` for `[from_ms, to_ms)`; returns its id.
+/// Creates a rebuild record of `pipeline` for `[from_ms, to_ms)` and its `job.started` audit
+/// row (target `rebuild:<id>`, by `actor`) in one transaction; returns its id.
 pub async fn rebuild_create(
     pool: &PgPool,
     pipeline: &str,
     from_ms: i64,
     to_ms: i64,
+    actor: &super::audit::Actor,
 ) -> Result<i64, SinkError> {
-    sqlx::query_scalar(
+    let mut tx = pool.begin().await.map_err(ctx("creating a rebuild"))?;
+    let id: i64 = sqlx::query_scalar(
         "INSERT INTO rebuilds (pipeline, from_ms, to_ms, done_until_ms) VALUES ($3, $1, $2, $1) RETURNING id",
     )
     .bind(from_ms)
     .bind(to_ms)
     .bind(pipeline)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await
-    .map_err(ctx("creating a rebuild"))
+    .map_err(ctx("creating a rebuild"))?;
+    let details = serde_json::json!({
+        "kind": "rebuild", "pipeline": pipeline, "from_ms": from_ms, "to_ms": to_ms,
+    });
+    super::audit::record(
+        &mut tx,
+        actor,
+        "job.started",
+        &format!("rebuild:{id}"),
+        details,
+    )
+    .await?;
+    tx.commit().await.map_err(ctx("committing a rebuild"))?;
+    Ok(id)
 }
 
 /// Reads rebuild `id`.

@@ -4,6 +4,7 @@
 pub mod audit;
 mod config;
 pub mod jobs;
+pub mod keys;
 pub mod lease;
 pub mod ledger;
 mod progress;
