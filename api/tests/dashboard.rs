@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chrono::{DateTime, SecondsFormat, Utc};
-use common::{call_with, get, state};
+use common::{get, state};
 use serde_json::{json, Value};
 use tally_api::{ApiConfig, AppState};
 use tally_core::{RowTable, Topology};
@@ -22,7 +22,7 @@ use tower::ServiceExt;
 async fn the_placeholder_page_is_public_html() {
     for uri in ["/dashboard", "/dashboard/"] {
         let request = Request::get(uri).body(Body::empty()).expect("request");
-        let (status, headers, body) = call_with(state(), request).await;
+        let (status, headers, body) = common::call_as_is(state(), request).await;
         assert_eq!(status, StatusCode::OK, "{uri}");
         assert_eq!(headers["content-type"], "text/html; charset=utf-8");
         let html = String::from_utf8(body).expect("utf-8");
@@ -227,7 +227,7 @@ async fn checks(
         producer: common::unreachable_producer(&kafka),
         kafka: Arc::new(kafka),
         clickhouse: ch,
-        keys: tally_api::auth::KeyStore::postgres(pool.clone()),
+        keys: common::memory_keys(),
         limiters: Arc::new(tally_api::limits::Limiters::new(&ApiConfig::default())),
         request_log: tally_api::request_log::RequestLog::disabled(),
         postgres: pool,
@@ -333,7 +333,10 @@ async fn csv_reports(state: &AppState, b: u64) {
         ),
     ];
     for (uri, want) in cases {
-        let request = Request::get(&uri).body(Body::empty()).expect("request");
+        let request = common::with_key(
+            common::Who::Admin,
+            Request::get(&uri).body(Body::empty()).expect("request"),
+        );
         let response = tally_api::router(state.clone())
             .oneshot(request)
             .await
@@ -351,7 +354,10 @@ async fn csv_reports(state: &AppState, b: u64) {
 }
 
 async fn fetch(state: &AppState, uri: &str) -> Value {
-    let request = Request::get(uri).body(Body::empty()).expect("request");
+    let request = common::with_key(
+        common::Who::Admin,
+        Request::get(uri).body(Body::empty()).expect("request"),
+    );
     let response = tally_api::router(state.clone())
         .oneshot(request)
         .await

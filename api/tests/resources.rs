@@ -66,6 +66,20 @@ async fn send(state: &AppState, request: Request<Body>) -> (StatusCode, HeaderMa
     )
 }
 
+/// As [`send`], without a key (anonymous callers are limited per client IP, before the
+/// handler refuses them with 401).
+async fn send_anonymous(
+    state: &AppState,
+    request: Request<Body>,
+) -> (StatusCode, HeaderMap, Value) {
+    let (status, headers, body) = common::call_as_is(state.clone(), request).await;
+    (
+        status,
+        headers,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
 #[tokio::test]
 async fn create_refuses_invalid_bodies_naming_the_field() {
     let clock = FakeRelativeClock::default();
@@ -281,28 +295,29 @@ async fn get_limit_is_per_client_and_shared_by_every_spelling() {
         )
     };
     for uri in ["/get_resource?id=x", "/resources/x", "/resources?limit=0"] {
-        let (status, _, _) = send(&state, get(uri, "10.0.0.1:1000")).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        let (status, _, _) = send_anonymous(&state, get(uri, "10.0.0.1:1000")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
     }
     for uri in ["/get_resource?id=x", "/resources/x", "/resources"] {
-        let (status, headers, answer) = send(&state, get(uri, "10.0.0.1:2000")).await;
+        let (status, headers, answer) = send_anonymous(&state, get(uri, "10.0.0.1:2000")).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{uri}: {answer}");
         assert_eq!(headers["retry-after"], "1");
     }
     // Another client IP has its own bucket; so do anonymous callers without an address.
-    let (status, headers, _) = send(&state, get("/resources/x", "10.0.0.2:1000")).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, headers, _) = send_anonymous(&state, get("/resources/x", "10.0.0.2:1000")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(headers["ratelimit-remaining"], "2");
-    let (status, _, _) = send(
+    let (status, _, _) = send_anonymous(
         &state,
         Request::get("/resources/x").body(Body::empty()).expect("r"),
     )
     .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     // Reports are not rate-limited by these classes.
     for _ in 0..10 {
-        let (status, headers, _) = send(&state, get("/reports?metric=events", "10.0.0.1:1")).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, headers, _) =
+            send_anonymous(&state, get("/reports?metric=events", "10.0.0.1:1")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert!(headers.get("ratelimit-limit").is_none());
     }
 }
@@ -487,19 +502,30 @@ async fn resources_round_trip_on_postgres_and_clickhouse() {
     }
     let pool = real_pool().await;
     let (state, database) = real_state(pool.clone()).await;
+    // Rows reference `api_keys.id`: send a key stored in this PostgreSQL.
+    let (key, _) = common::stored_key(&pool, tally_api::auth::Role::Read).await;
+    let keyed = |request: Request<Body>| common::with_key_value(&key, request);
     let name = format!("e2e {}", uuid::Uuid::new_v4());
     let body = json!({"name": name, "description": "hourly events", "report": report()});
-    let (status, _, created) = send(&state, json_request("POST", "/create_resource", &body)).await;
+    let (status, _, created) = send(
+        &state,
+        keyed(keyed(json_request("POST", "/create_resource", &body))),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_i64().expect("id");
     assert_eq!(created["kind"], "report");
     assert_eq!(created["name"], name.as_str());
     assert_eq!(created["report"], report());
     let get = |uri: String| Request::get(uri).body(Body::empty()).expect("request");
-    let (status, _, got) = send(&state, get(format!("/get_resource?id={id}"))).await;
+    let (status, _, got) = send(&state, keyed(get(format!("/get_resource?id={id}")))).await;
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(got, created, "stored as answered");
-    let (status, _, with) = send(&state, get(format!("/resources/{id}?with_data=true"))).await;
+    let (status, _, with) = send(
+        &state,
+        keyed(keyed(get(format!("/resources/{id}?with_data=true")))),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{with}");
     assert_eq!(with["data"]["metric"], "events");
     assert_eq!(with["data"]["window"], "1m");
@@ -513,29 +539,35 @@ async fn resources_round_trip_on_postgres_and_clickhouse() {
         "from": "2024-03-13T10:00:00Z", "to": "2024-03-13T12:00:00Z", "event_type": "click"}]});
     let (status, _, updated) = send(
         &state,
-        json_request("PUT", &format!("/resources/{id}"), &update),
+        keyed(json_request("PUT", &format!("/resources/{id}"), &update)),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{updated}");
     assert_eq!(updated["kind"], "dashboard");
     assert_eq!(updated["created_at"], created["created_at"]);
     assert!(updated.get("report").is_none());
-    let (status, _, with) =
-        send(&state, get(format!("/get_resource?id={id}&with_data=true"))).await;
+    let (status, _, with) = send(
+        &state,
+        keyed(keyed(get(format!("/get_resource?id={id}&with_data=true")))),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{with}");
     assert_eq!(with["data"][1]["event_type"], "click");
     assert_eq!(with["data"][1]["points"].as_array().map(Vec::len), Some(2));
-    let (status, _, page) =
-        send(&state, get(format!("/resources?before={}&limit=1", id + 1))).await;
+    let (status, _, page) = send(
+        &state,
+        keyed(keyed(get(format!("/resources?before={}&limit=1", id + 1)))),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["resources"][0]["id"], id);
     assert_eq!(page["next"], id);
     let request = Request::delete(format!("/resources/{id}"))
         .body(Body::empty())
         .expect("r");
-    let (status, _, _) = send(&state, request).await;
+    let (status, _, _) = send(&state, keyed(request)).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _, gone) = send(&state, get(format!("/resources/{id}"))).await;
+    let (status, _, gone) = send(&state, keyed(get(format!("/resources/{id}")))).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{gone}");
     assert_eq!(gone["error"], format!("no resource {id}"));
     assert_eq!(
@@ -768,11 +800,18 @@ async fn request_log_partitions_are_maintained() {
 }
 
 /// One HTTP/1.1 request over a fresh connection: (status, raw head, body).
-async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String, String) {
+async fn http(
+    addr: SocketAddr,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\
+         authorization: Bearer {key}\r\n\
          content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -790,7 +829,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, S
 }
 
 /// Over a socket on the real PostgreSQL: creates succeed exactly `burst` times, the next one
-/// is refused with Retry-After, counted per client IP (the peer address `serve` provides).
+/// is refused with Retry-After, counted per key (a key stored in PostgreSQL).
 #[tokio::test]
 async fn creates_past_the_burst_get_429_over_a_socket() {
     if !e2e("creates_past_the_burst_get_429_over_a_socket") {
@@ -804,6 +843,8 @@ async fn creates_past_the_burst_get_429_over_a_socket() {
     };
     let mut state = common::state_with(config.clone(), common::unreachable_kafka());
     state.postgres = pool.clone();
+    state.keys = tally_api::auth::KeyStore::postgres(pool.clone());
+    let (key, _) = common::stored_key(&pool, tally_api::auth::Role::Read).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -819,7 +860,8 @@ async fn creates_past_the_burst_get_429_over_a_socket() {
     let body = json!({"name": format!("burst {}", uuid::Uuid::new_v4()), "report": report()});
     let mut ids = Vec::new();
     for i in 0..3 {
-        let (status, head, answer) = http(addr, "POST", "/resources", &body.to_string()).await;
+        let (status, head, answer) =
+            http(addr, &key, "POST", "/resources", &body.to_string()).await;
         assert_eq!(status, 201, "request {i}: {answer}");
         assert!(
             head.contains(&format!("ratelimit-remaining: {}", 2 - i)),
@@ -828,7 +870,8 @@ async fn creates_past_the_burst_get_429_over_a_socket() {
         let created: Value = serde_json::from_str(&answer).expect("json");
         ids.push(created["id"].as_i64().expect("id"));
     }
-    let (status, head, answer) = http(addr, "POST", "/create_resource", &body.to_string()).await;
+    let (status, head, answer) =
+        http(addr, &key, "POST", "/create_resource", &body.to_string()).await;
     assert_eq!(status, 429, "{answer}");
     assert!(head.contains("retry-after: 1\r\n"), "{head}");
     assert!(head.contains("ratelimit-limit: 3"), "{head}");

@@ -282,7 +282,7 @@ async fn setup(evs: &[Ev]) -> Setup {
         producer: common::unreachable_producer(&kafka),
         kafka: Arc::new(kafka),
         clickhouse: ch,
-        keys: tally_api::auth::KeyStore::postgres(pool.clone()),
+        keys: common::memory_keys(),
         limiters: Arc::new(tally_api::limits::Limiters::new(&ApiConfig::default())),
         request_log: tally_api::request_log::RequestLog::disabled(),
         postgres: pool,
@@ -300,7 +300,10 @@ async fn setup(evs: &[Ev]) -> Setup {
 }
 
 async fn call(state: &AppState, uri: &str) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let request = Request::get(uri).body(Body::empty()).expect("request");
+    let request = common::with_key(
+        common::Who::Admin,
+        Request::get(uri).body(Body::empty()).expect("request"),
+    );
     let response = router(state.clone())
         .oneshot(request)
         .await

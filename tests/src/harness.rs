@@ -450,7 +450,7 @@ pub fn setup(tag: &str) -> anyhow::Result<(tokio::runtime::Runtime, Stack)> {
             }),
             topologies: Arc::new(s.topologies.clone()),
             producer: tally_pipeline::kafka::producer_config(&s.kafka).create()?,
-            clickhouse: tally_sinks::clickhouse::connect(&s.clickhouse, true),
+            clickhouse: tally_sinks::clickhouse::connect_reader(&s.clickhouse),
             keys: tally_api::auth::KeyStore::postgres(pool.clone()),
             limiters: Arc::new(tally_api::limits::Limiters::new(&ApiConfig::default())),
             request_log: tally_api::request_log::RequestLog::start(
