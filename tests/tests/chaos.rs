@@ -907,6 +907,30 @@ async fn catch_a_save(
     Ok((lock, backend))
 }
 
+/// An event for `POST /events` with a unique id.
+fn outage_event(tag: &str, n: u64) -> Ev {
+    Ev {
+        id: Some(format!("http-{tag}-{n}")),
+        event_type: "page_view".to_owned(),
+        user: "user-http".to_owned(),
+        session: Some("s-http".to_owned()),
+        ts_ms: now_ms(),
+    }
+}
+
+/// `POST {api}/events` of `events` with the test's key; the status.
+async fn post_events(st: &Stack, api: &str, events: &[Ev]) -> anyhow::Result<u16> {
+    let body = Value::Array(events.iter().map(Ev::json).collect());
+    let response = st
+        .http
+        .post(format!("{api}/events"))
+        .timeout(Duration::from_secs(30))
+        .json(&body)
+        .send()
+        .await?;
+    Ok(response.status().as_u16())
+}
+
 fn postgres_outage(ps: &PrivateStack, k: &Knobs) -> anyhow::Result<Outcome> {
     let tag = unique_tag();
     let (rt, st) = setup(&tag)?;
@@ -917,17 +941,46 @@ fn postgres_outage(ps: &PrivateStack, k: &Knobs) -> anyhow::Result<Outcome> {
     let load = Load::start(&rt, &st, k.rate, k.seed);
     let pool = rt.block_on(tally_sinks::postgres::connect(&st.settings.postgres))?;
     let before = frontier_passes(&rt, &pool, &st, 0)?;
+    // Events over HTTP too, with the test's key: one while PostgreSQL is up, then during the
+    // outage (the key from the API's cache, the request log dropping its rows).
+    let mut over_http = vec![outage_event(&tag, 0)];
+    ensure!(
+        rt.block_on(post_events(&st, &api, &over_http))? == 202,
+        "POST /events before the outage"
+    );
     let (lock, backend) = rt.block_on(catch_a_save(&pool, &st.settings.pipeline.name))?;
     // The save's backend dies with its offsets written but not committed, then the server goes
     // down as if its host crashed.
     send_signal(backend as u32, "KILL")?;
     ps.kill(Service::Postgres, "QUIT")?;
     let _ = rt.block_on(lock.rollback()); // its connection died with the server
-    for _ in 0..k.pg_down_secs * 2 {
+    for i in 0..k.pg_down_secs * 2 {
         pause(&rt, 500);
         tally.alive()?;
+        if i % 4 == 1 {
+            // Served without PostgreSQL, promptly: ingest and health.
+            let event = outage_event(&tag, i + 1);
+            let started = Instant::now();
+            let status = rt.block_on(post_events(&st, &api, std::slice::from_ref(&event)))?;
+            ensure!(status == 202, "POST /events with PostgreSQL down: {status}");
+            ensure!(
+                started.elapsed() < Duration::from_secs(5),
+                "POST /events took {:?} with PostgreSQL down",
+                started.elapsed()
+            );
+            over_http.push(event);
+            let health = rt.block_on(st.http.get(format!("{api}/healthz")).send())?;
+            ensure!(health.status() == 200, "healthz {}", health.status());
+        }
     }
     ps.up()?;
+    // The request log's writer waited for PostgreSQL (or dropped, past its pool's timeout)
+    // without holding up a request.
+    let dropped = rt.block_on(metric(
+        &st.http,
+        &api,
+        "tally_api_request_log_dropped_total",
+    ))?;
     let after = frontier_passes(&rt, &pool, &st, before)?;
     let failures = rt.block_on(metric(&st.http, &api, "tally_progress_save_failures_total"))?;
     ensure!(failures > 0.0, "the interrupted progress save did not fail");
@@ -936,7 +989,9 @@ fn postgres_outage(ps: &PrivateStack, k: &Knobs) -> anyhow::Result<Outcome> {
     let mut tally = Tally::start(&st, "all", &[], &log)?;
     ready(&rt, &st, &tally)?;
     pause(&rt, 2_000);
-    let sent = load.finish(&rt)?;
+    let mut sent = load.finish(&rt)?;
+    let posted = over_http.len();
+    sent.extend(over_http);
     let acked = distinct(&sent);
     let counted = settle(&rt, &st, &acked, from)?;
     tally.alive()?;
@@ -948,7 +1003,7 @@ fn postgres_outage(ps: &PrivateStack, k: &Knobs) -> anyhow::Result<Outcome> {
         counted,
         duplicates: sent.len() - acked.len(),
         detail: format!(
-            "a save's backend killed after it wrote offsets, before the frontier; server down {} s; {failures} saves failed and were retried; progress saved again (frontier {before} -> {after}); then kill -9 and restart",
+            "a save's backend killed after it wrote offsets, before the frontier; server down {} s; {failures} saves failed and were retried; progress saved again (frontier {before} -> {after}); {posted} events posted over HTTP, some during the outage, each answered in < 5 s ({dropped} request-log rows dropped); then kill -9 and restart",
             k.pg_down_secs
         ),
     })

@@ -103,6 +103,9 @@ pub struct CachePolicy {
     pub stale_if_error: Duration,
     /// Most keys remembered. Default 10 000.
     pub capacity: usize,
+    /// Longest a request waits for the source (PostgreSQL) before the stale entry (or 503)
+    /// answers it. Default 1 s.
+    pub lookup_timeout: Duration,
 }
 
 impl Default for CachePolicy {
@@ -112,6 +115,7 @@ impl Default for CachePolicy {
             negative: Duration::from_secs(2),
             stale_if_error: Duration::from_secs(600),
             capacity: 10_000,
+            lookup_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -131,7 +135,11 @@ pub enum Lookup {
 
 #[derive(Clone)]
 struct Entry {
+    /// The last successful lookup (bounds the stale-if-error period).
     at: Instant,
+    /// The last time the source was asked, successfully or not (bounds freshness, so a failing
+    /// source is asked at most once per `fresh` per key, not on every request).
+    checked: Instant,
     /// `None`: no such key.
     record: Option<KeyRecord>,
 }
@@ -190,14 +198,24 @@ impl KeyStore {
             } else {
                 inner.policy.negative
             };
-            if now.saturating_duration_since(entry.at) < ttl {
+            if now.saturating_duration_since(entry.checked) < ttl {
                 return answer(entry.record.as_ref(), &key_hash);
             }
         }
-        match inner.source.find(key_hash).await {
+        let found = tokio::time::timeout(inner.policy.lookup_timeout, inner.source.find(key_hash))
+            .await
+            .unwrap_or_else(|_| Err(SourceError("timed out".to_owned())));
+        match found {
             Ok(record) => {
                 let result = answer(record.as_ref(), &key_hash);
-                self.store(key_hash, Entry { at: now, record });
+                self.store(
+                    key_hash,
+                    Entry {
+                        at: now,
+                        checked: now,
+                        record,
+                    },
+                );
                 result
             }
             Err(e) => {
@@ -209,7 +227,15 @@ impl KeyStore {
                     Some(entry) => {
                         tracing::warn!(error = %e, "key store unreachable; using a cached key");
                         stale_uses().inc();
-                        answer(entry.record.as_ref(), &key_hash)
+                        let result = answer(entry.record.as_ref(), &key_hash);
+                        self.store(
+                            key_hash,
+                            Entry {
+                                checked: now,
+                                ..entry
+                            },
+                        );
+                        result
                     }
                     None => {
                         tracing::warn!(error = %e, "key store unreachable; key not cached");

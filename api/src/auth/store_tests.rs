@@ -8,6 +8,7 @@ use super::*;
 struct Fake {
     keys: Mutex<HashMap<[u8; 32], KeyRecord>>,
     down: AtomicBool,
+    hang: AtomicBool,
     calls: AtomicUsize,
 }
 
@@ -20,6 +21,10 @@ impl KeySource for Shared {
             self.0.calls.fetch_add(1, Ordering::SeqCst);
             if self.0.down.load(Ordering::SeqCst) {
                 return Err(SourceError("connection refused".into()));
+            }
+            if self.0.hang.load(Ordering::SeqCst) {
+                // A PostgreSQL that accepts connections and never answers.
+                std::future::pending::<()>().await;
             }
             let keys = self.0.keys.lock().expect("lock");
             Ok(keys.get(&key_hash).cloned())
@@ -186,4 +191,40 @@ async fn the_cache_stays_within_its_capacity() {
         assert_eq!(kind(&h.store.lookup(*k).await), "valid");
     }
     assert_eq!(h.calls(), calls);
+}
+
+/// A source that hangs costs a request at most `lookup_timeout`; a failing source is asked at
+/// most once per key per freshness period, the stale entry answering in between.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_source_costs_one_timeout_per_freshness_period() {
+    let h = Harness::new(100);
+    let key = h.add(5, Role::Ingest);
+    assert_eq!(kind(&h.store.lookup(key).await), "valid");
+    h.fake.0.hang.store(true, Ordering::SeqCst);
+    h.advance(2_000);
+    let started = tokio::time::Instant::now();
+    assert_eq!(kind(&h.store.lookup(key).await), "valid", "stale entry");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(1),
+        "waited the lookup timeout"
+    );
+    assert_eq!(h.calls(), 2);
+    for _ in 0..10 {
+        h.advance(100);
+        let started = tokio::time::Instant::now();
+        assert_eq!(kind(&h.store.lookup(key).await), "valid");
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "no second wait within 2 s"
+        );
+    }
+    assert_eq!(h.calls(), 2, "the source was not asked again");
+    h.advance(1_000);
+    assert_eq!(kind(&h.store.lookup(key).await), "valid");
+    assert_eq!(h.calls(), 3, "asked again once the period passed");
+    // An unknown key with the source hanging: 503 after the timeout, not a hang.
+    let unknown = crate::auth::hash("key-77");
+    assert_eq!(kind(&h.store.lookup(unknown).await), "unavailable");
 }
