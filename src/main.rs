@@ -354,7 +354,14 @@ fn run_all(config: &TallyConfig, runtime: &tokio::runtime::Runtime) -> anyhow::R
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         };
-        let result = tally_api::serve(listener, tally_api::router(state), stop).await;
+        let read_timeout = read_timeout(&state.config);
+        let result = tally_api::serve_with_read_timeout(
+            listener,
+            tally_api::router(state),
+            stop,
+            read_timeout,
+        )
+        .await;
         // An API that cannot serve stops the pipeline too: one process, one fate.
         api_failed.store(true, Ordering::SeqCst);
         result.context("serving the api")
@@ -424,7 +431,9 @@ async fn serve(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = bind(config).await?;
-    tally_api::serve(listener, tally_api::router(state), stop).await?;
+    let read_timeout = read_timeout(&state.config);
+    tally_api::serve_with_read_timeout(listener, tally_api::router(state), stop, read_timeout)
+        .await?;
     Ok(())
 }
 
@@ -501,4 +510,12 @@ async fn wait_for_signal() -> std::io::Result<&'static str> {
         r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT"),
         _ = term.recv() => Ok("SIGTERM"),
     }
+}
+
+/// How long a connection may leave the API waiting for its next bytes: [`tally_api::READ_TIMEOUT`],
+/// or longer when `api.request_timeout_ms` is (a slow answer is never cut by it).
+fn read_timeout(api: &tally_api::ApiConfig) -> std::time::Duration {
+    tally_api::READ_TIMEOUT.max(std::time::Duration::from_millis(
+        api.request_timeout_ms.saturating_add(5_000),
+    ))
 }

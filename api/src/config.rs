@@ -36,7 +36,10 @@ pub struct ApiConfig {
     /// (e.g. `127.0.0.1:9464`), which then serves only `/metrics`.
     pub metrics_listen: String,
     /// Origins allowed to call the API from a browser (CORS), e.g.
-    /// `["https://dash.example.com"]`; `["*"]` allows any. Empty (default): no CORS headers.
+    /// `["https://dash.example.com"]` (or the string `"https://a.example,https://b.example"`,
+    /// handy in `TALLY_API__CORS_ORIGINS`); `["*"]` allows any. Empty (default): no CORS
+    /// headers.
+    #[serde(deserialize_with = "list_or_csv")]
     pub cors_origins: Vec<String>,
     /// A request not answered within this many ms gets 503 (JSON). Default 30 000.
     pub request_timeout_ms: u64,
@@ -62,6 +65,25 @@ pub struct ApiConfig {
     pub request_log_queue: usize,
     /// Months of `request_log` kept (monthly partitions older are dropped). Default 3.
     pub request_log_retention_months: u32,
+}
+
+/// A list, or one string of comma-separated items (blank items dropped).
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(items) => items,
+        ListOrCsv::Csv(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 impl Default for ApiConfig {

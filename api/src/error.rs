@@ -104,6 +104,8 @@ pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
     let reason = if status.is_server_error() {
         tracing::warn!(%status, text, "server error answered generically");
         canonical
+    } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "request body too large (at most api.max_body_bytes)".to_owned()
     } else if status == StatusCode::METHOD_NOT_ALLOWED {
         // axum adds the `Allow` header outside this layer.
         "method not allowed for this route (see the Allow header)".to_owned()

@@ -94,7 +94,7 @@ pub(crate) struct IngestResponse {
 /// Accepts one event or an array of events. 202 when all were accepted; 400 when some were
 /// invalid (the valid ones are still written, and the body lists the rejected ones by index).
 #[utoipa::path(post, path = "/events", tag = "ingest",
-    request_body(description = "One event object, a JSON array of events, or NDJSON (one per line); \
+    request_body(description = "One event object or a JSON array of events; \
         `Content-Encoding: gzip` accepted. See docs/events.md for the event contract.",
         content = serde_json::Value, content_type = "application/json"),
     responses(

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -97,10 +97,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes))
         .layer(cors(&config))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+        .layer(middleware::from_fn_with_state(
             Duration::from_millis(config.request_timeout_ms),
+            time_limit,
         ))
+        .layer(middleware::from_fn(single_valued_query))
         .layer(middleware::from_fn(error::json_errors))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -112,6 +113,37 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
+}
+
+/// Answers 503 (JSON, naming the setting) when the request is not answered within
+/// `api.request_timeout_ms`.
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable(format!(
+            "the request was not answered within {} ms (api.request_timeout_ms); retry later",
+            limit.as_millis()
+        ))
+        .into_response(),
+    }
+}
+
+/// Refuses a query string that repeats a parameter (400 naming it): every Tally parameter
+/// takes one value, and silently using one of several would answer another question than
+/// the one asked.
+async fn single_valued_query(request: Request, next: Next) -> Response {
+    if let Some(query) = request.uri().query() {
+        let mut seen = std::collections::HashSet::new();
+        for (name, _) in form_urlencoded::parse(query.as_bytes()) {
+            if !seen.insert(name.clone()) {
+                return ApiError::BadRequest(format!(
+                    "parameter `{name}` is given more than once; give it once"
+                ))
+                .into_response();
+            }
+        }
+    }
+    next.run(request).await
 }
 
 /// CORS for `api.cors_origins` (none: no CORS headers, browsers keep other origins out).
@@ -127,7 +159,7 @@ fn cors(config: &ApiConfig) -> CorsLayer {
     }
     CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
         .allow_headers([
             axum::http::header::AUTHORIZATION,
             axum::http::header::CONTENT_TYPE,
@@ -148,18 +180,66 @@ async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError
     ApiError::NotFound(format!("no route {method} {}", uri.path()))
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// How long [`serve`] lets a connection keep the server waiting for its next bytes (request
+/// headers, a body, the next request of a kept-alive connection) before closing it: a client
+/// that opens connections and sends a request slowly, or never finishes it (slowloris), holds
+/// them for at most this long. Longer than `api.request_timeout_ms`'s default (30 s), so a
+/// slow answer is never cut by it.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves `router` on `listener` until `shutdown` resolves, then finishes in-flight requests;
+/// connections idle for [`READ_TIMEOUT`] are closed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_read_timeout(listener, router, shutdown, READ_TIMEOUT).await
+}
+
+/// As [`serve`], closing a connection whose client sends nothing for `read_timeout`.
+pub async fn serve_with_read_timeout(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    read_timeout: Duration,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = ReadTimeoutListener {
+        inner: listener,
+        read_timeout,
+    }
+    // `tap_io` gives the listener axum's `ConnectInfo<SocketAddr>` support.
+    .tap_io(|_| ());
     // The peer address reaches handlers and layers as `ConnectInfo<SocketAddr>` (rate limits
     // and the request log key anonymous clients by it).
     let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// A TCP listener whose connections fail a read that waits longer than `read_timeout`
+/// (`tokio-io-timeout`), which makes hyper close them.
+struct ReadTimeoutListener {
+    inner: tokio::net::TcpListener,
+    read_timeout: Duration,
+}
+
+impl axum::serve::Listener for ReadTimeoutListener {
+    type Io = std::pin::Pin<Box<tokio_io_timeout::TimeoutStream<tokio::net::TcpStream>>>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_read_timeout(Some(self.read_timeout));
+        (Box::pin(stream), addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "health",

@@ -29,6 +29,13 @@ async fn listed_origins_get_cors_headers_others_do_not() {
         headers["access-control-allow-origin"],
         "https://dash.example.com"
     );
+    let methods = headers["access-control-allow-methods"]
+        .to_str()
+        .expect("ascii")
+        .to_ascii_uppercase();
+    for method in ["GET", "POST", "PUT", "DELETE"] {
+        assert!(methods.contains(method), "{methods}");
+    }
     let allowed = headers["access-control-allow-headers"]
         .to_str()
         .expect("ascii")
@@ -164,4 +171,81 @@ async fn ingest_limit_is_off_by_default_and_shared_by_both_spellings() {
         json["error"].as_str().is_some_and(|e| e.contains("ingest")),
         "{json}"
     );
+}
+
+/// A client that starts a request and never finishes it is disconnected after the read
+/// timeout (slowloris); a complete request on another connection is served meanwhile.
+#[tokio::test]
+async fn half_sent_requests_are_cut_off_after_the_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(tally_api::serve_with_read_timeout(
+        listener,
+        tally_api::router(common::state()),
+        std::future::pending(),
+        std::time::Duration::from_millis(300),
+    ));
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Partial: a")
+        .await
+        .expect("write");
+    let mut ok = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    ok.read_to_string(&mut answer).await.expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        slow.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the half-sent request was not cut off within 10 s");
+    drop(read); // closed (EOF) or reset: either way the server let go
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "a half-sent request was answered"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    server.abort();
+}
+
+/// A repeated parameter is a 400 naming it, on every route.
+#[tokio::test]
+async fn repeated_parameters_are_refused() {
+    for uri in [
+        "/reports?metric=events&metric=unique_users",
+        "/users?limit=1&limit=2",
+        "/resources?limit=1&limit=2",
+    ] {
+        let (status, body) = common::get(uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("more than once")),
+            "{uri}: {body}"
+        );
+    }
+}
+
+#[test]
+fn cors_origins_may_be_one_comma_separated_string() {
+    let config: ApiConfig =
+        toml::from_str("cors_origins = \"https://a.example, https://b.example\"").expect("valid");
+    assert_eq!(
+        config.cors_origins,
+        vec![
+            "https://a.example".to_owned(),
+            "https://b.example".to_owned()
+        ]
+    );
+    let config: ApiConfig = toml::from_str("cors_origins = [\"*\"]").expect("valid");
+    assert_eq!(config.cors_origins, vec!["*".to_owned()]);
 }

@@ -100,6 +100,24 @@ async fn create_refuses_invalid_bodies_naming_the_field() {
         ),
         (json!({"report": report()}), "`name` is required".into()),
         (
+            json!({"name": "a\u{0}b", "report": report()}),
+            "name: text must not contain the NUL character (\\u0000)".into(),
+        ),
+        (
+            json!({"name": "a", "reports": [report(), {"metric": "events", "window": "1m",
+                "from": "2024-03-13T10:00:00Z", "to": "2024-03-13T11:00:00Z", "event_type": "x\u{0}"}]}),
+            "reports[1].event_type: text must not contain the NUL character (\\u0000)".into(),
+        ),
+        (
+            // 20 grouped reports of 1000 one-minute windows x 11 groups: 220,000 points.
+            json!({"name": "a", "reports": vec![json!({"metric": "events", "window": "1m",
+                "from": "2024-03-13T00:00:00Z", "to": "2024-03-13T16:40:00Z",
+                "group_by": "event_type", "limit": 10}); 20]}),
+            "reports: the data would hold 220000 points (windows × groups, all reports \
+             together); at most 100000: shorten the ranges, use a larger window or fewer groups"
+                .into(),
+        ),
+        (
             json!({"name": " ", "report": report()}),
             "`name` must be 1 to 200 characters, not blank".into(),
         ),

@@ -45,7 +45,7 @@ now=$(date +%s%3N)
 awk -v now="$now" 'BEGIN {
   printf "["
   for (i = 0; i < 100; i++) {
-    printf "%s{\"event_type\":\"page_view\",\"user_id\":\"u%d\",\"session_id\":\"s%d\",\"timestamp\":%d,\"metadata\":{\"path\":\"/p/%d\"}}",
+    printf "%s{\"event_type\":\"page_view\",\"user_id\":\"u%d\",\"session_id\":\"s%d\",\"timestamp\":%.0f,\"metadata\":{\"path\":\"/p/%d\"}}",
       (i ? "," : ""), i % 37, i % 11, now - 3600000 + i * 1000, i
   }
   printf "]" }' >"$work/body.json"
@@ -63,6 +63,12 @@ run() { # label auth request_log key
   TALLY_API__AUTH=$2 TALLY_API__REQUEST_LOG=$3 taskset -c 0 "$bin" serve &
   pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+  # One request by hand: the run measures accepted batches only.
+  local auth=() status
+  [[ -n $4 ]] && auth=(-H "Authorization: Bearer $4")
+  status=$(curl -s -o "$work/first.json" -w '%{http_code}' "${auth[@]}" -H 'Content-Type: application/json' \
+    --data-binary @"$work/body.json" "http://127.0.0.1:$PORT/events")
+  [[ $status == 202 ]] || { echo "bench-api.sh: POST /events answered $status: $(cat "$work/first.json")" >&2; exit 1; }
   # Warm up (connections, producer), then measure.
   BENCH_KEY=$4 taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d3s -s "$work/post.lua" "http://127.0.0.1:$PORT/events" >/dev/null
   BENCH_KEY=$4 taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency \

@@ -201,7 +201,7 @@ cmd_start() {
 Tally is running.
   API        $API   (POST /events, GET /reports, GET /reports/summary, GET /healthz)
   keys       read: $READ_KEY_FILE; admin: $TALLY_HOME/admin.key (if this migrate created it)
-             curl -H "Authorization: Bearer \$(cat $READ_KEY_FILE)" "$API/reports/summary"
+             curl -H "Authorization: Bearer \$(cat $READ_KEY_FILE)" "$API/reports/summary?from=\$(date -u -d '1 hour ago' +%FT%TZ)&to=\$(date -u +%FT%TZ)"
              more keys: $BIN keys create --name NAME --role ingest|read|admin
   metrics    $API/metrics
   logs       $TALLY_LOG, $PRODUCE_LOG, services in $LOG_DIR/

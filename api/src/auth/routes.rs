@@ -166,6 +166,7 @@ async fn create_key(
         (status = 401, description = "No key, or an unknown, revoked or malformed key", body = crate::openapi::ErrorBody),
         (status = 403, description = "The key is not an admin key", body = crate::openapi::ErrorBody),
         (status = 404, description = "No key has this name or id", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The last active admin key (create another first)", body = crate::openapi::ErrorBody),
         (status = 503, description = "PostgreSQL unavailable; retry", body = crate::openapi::ErrorBody)),
     security(("bearer" = []), ("api_key" = [])))]
 async fn revoke_key(
@@ -173,13 +174,18 @@ async fn revoke_key(
     State(state): State<AppState>,
     Path(id_or_name): Path<String>,
 ) -> Result<Json<KeyInfo>, ApiError> {
-    match keys::revoke(&state.postgres, &id_or_name, &caller.actor()).await {
-        Ok(Some(row)) => {
+    match keys::revoke_checked(&state.postgres, &id_or_name, &caller.actor(), true).await {
+        Ok(keys::Revoked::Done(row)) => {
             tracing::info!(key_id = row.id, name = row.name, "key revoked");
             Ok(Json(row.into()))
         }
-        Ok(None) => Err(ApiError::NotFound(format!(
+        Ok(keys::Revoked::NotFound) => Err(ApiError::NotFound(format!(
             "no key named {id_or_name:?} or with that id (GET /admin/keys lists them)"
+        ))),
+        Ok(keys::Revoked::LastAdmin(row)) => Err(ApiError::Conflict(format!(
+            "key `{}` is the last active admin key: create another admin key first \
+             (POST /admin/keys), or revoke it with `tally keys revoke` on the command line",
+            row.name
         ))),
         Err(e) => Err(unavailable(e)),
     }

@@ -18,6 +18,11 @@ pub const MAX_DESCRIPTION: usize = 2000;
 /// Most reports of a dashboard.
 pub const MAX_REPORTS: usize = 20;
 
+/// Most points a resource's data may hold, all its reports together, as a multiple of
+/// `api.max_report_windows`: as many as one grouped `/reports` answer may hold, so `with_data`
+/// costs no more memory than the largest single report.
+pub const POINTS_FACTOR: u64 = crate::reports::GROUPED_POINTS_FACTOR;
+
 /// The body of `POST /create_resource`, `POST /resources` and `PUT /resources/{id}`: exactly
 /// one of `report` and `reports`. Other fields are refused.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -98,6 +103,13 @@ fn bad(reason: impl Into<String>) -> ApiError {
 
 /// Checks a resource body; errors are 400s naming the field.
 pub(crate) fn resource(state: &AppState, body: &Value) -> Result<Valid, ApiError> {
+    // PostgreSQL text and JSONB cannot hold U+0000: refuse it here, naming the field, rather
+    // than failing the insert.
+    if let Some(path) = nul_at(body, String::new()) {
+        return Err(bad(format!(
+            "{path}: text must not contain the NUL character (\\u0000)"
+        )));
+    }
     let Some(obj) = body.as_object() else {
         return Err(bad(
             "the body must be a JSON object with `name`, `description` and `report` or `reports`",
@@ -137,7 +149,8 @@ pub(crate) fn resource(state: &AppState, body: &Value) -> Result<Valid, ApiError
         }
         (None, None) => return Err(bad("`report` (or `reports`, for a dashboard) is required")),
         (Some(report), None) => {
-            check_report(state, "report", report)?;
+            let points = check_report(state, "report", report)?;
+            check_points(state, "report", points)?;
             ("report", serde_json::json!({ "report": report }))
         }
         (None, Some(reports)) => {
@@ -149,9 +162,12 @@ pub(crate) fn resource(state: &AppState, body: &Value) -> Result<Valid, ApiError
                         "`reports` must be an array of 1 to {MAX_REPORTS} reports"
                     ))
                 })?;
+            let mut points = 0u64;
             for (i, report) in list.iter().enumerate() {
-                check_report(state, &format!("reports[{i}]"), report)?;
+                points =
+                    points.saturating_add(check_report(state, &format!("reports[{i}]"), report)?);
             }
+            check_points(state, "reports", points)?;
             ("dashboard", serde_json::json!({ "reports": reports }))
         }
     };
@@ -222,11 +238,65 @@ fn at(path: &str, e: ApiError) -> ApiError {
     }
 }
 
-fn check_report(state: &AppState, path: &str, report: &Value) -> Result<(), ApiError> {
+/// Checks one report; the points its answer holds (windows, times the groups + `__other__`
+/// with `group_by`).
+fn check_report(state: &AppState, path: &str, report: &Value) -> Result<u64, ApiError> {
     let params = params(path, report)?;
-    parse_report_query(&params, &state.topologies, state.config.max_report_windows)
-        .map(|_| ())
-        .map_err(|e| at(path, e))
+    let q = parse_report_query(&params, &state.topologies, state.config.max_report_windows)
+        .map_err(|e| at(path, e))?;
+    let groups = if q.group_by.is_some() {
+        q.limit as u64 + 1
+    } else {
+        1
+    };
+    Ok(q.window_count().saturating_mul(groups))
+}
+
+/// Refuses a resource whose data would hold more than [`POINTS_FACTOR`] ×
+/// `api.max_report_windows` points.
+fn check_points(state: &AppState, path: &str, points: u64) -> Result<(), ApiError> {
+    let max = state
+        .config
+        .max_report_windows
+        .saturating_mul(POINTS_FACTOR);
+    if points > max {
+        return Err(bad(format!(
+            "{path}: the data would hold {points} points (windows × groups, all reports \
+             together); at most {max}: shorten the ranges, use a larger window or fewer groups"
+        )));
+    }
+    Ok(())
+}
+
+/// The path of the first string (or object key) in `value` holding U+0000.
+fn nul_at(value: &Value, path: String) -> Option<String> {
+    let here = || {
+        if path.is_empty() {
+            "body".to_owned()
+        } else {
+            path.clone()
+        }
+    };
+    match value {
+        Value::String(s) => s.contains('\0').then(here),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v, format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let child = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if k.contains('\0') {
+                Some(here())
+            } else {
+                nul_at(v, child)
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// The current data of a stored resource's report(s): one `/reports` answer (kind `report`)

@@ -159,13 +159,58 @@ pub async fn revoke(
     name_or_id: &str,
     actor: &Actor,
 ) -> Result<Option<KeyRow>, SinkError> {
+    match revoke_checked(pool, name_or_id, actor, false).await? {
+        Revoked::Done(row) | Revoked::LastAdmin(row) => Ok(Some(row)),
+        Revoked::NotFound => Ok(None),
+    }
+}
+
+/// What [`revoke_checked`] did.
+#[derive(Debug)]
+pub enum Revoked {
+    /// Revoked now, or already revoked before (then no audit row is written).
+    Done(KeyRow),
+    /// No key has this name or id.
+    NotFound,
+    /// Refused: it is the last active admin key (nothing changed).
+    LastAdmin(KeyRow),
+}
+
+/// As [`revoke`]; with `keep_an_admin`, refuses to revoke the last active admin key (the admin
+/// rows are locked, so two concurrent revocations cannot both pass the check).
+pub async fn revoke_checked(
+    pool: &PgPool,
+    name_or_id: &str,
+    actor: &Actor,
+    keep_an_admin: bool,
+) -> Result<Revoked, SinkError> {
     let ctx = |e| SinkError::postgres("revoking a key", e);
     let mut tx = pool.begin().await.map_err(ctx)?;
+    if keep_an_admin {
+        sqlx::query(
+            "SELECT id FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL FOR UPDATE",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(ctx)?;
+    }
     let Some(row) = find_for_update(&mut tx, name_or_id).await.map_err(ctx)? else {
-        return Ok(None);
+        return Ok(Revoked::NotFound);
     };
     if row.revoked_at.is_some() {
-        return Ok(Some(row));
+        return Ok(Revoked::Done(row));
+    }
+    if keep_an_admin && row.role == "admin" {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL AND id <> $1",
+        )
+        .bind(row.id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(ctx)?;
+        if others == 0 {
+            return Ok(Revoked::LastAdmin(row));
+        }
     }
     let row: KeyRow = sqlx::query_as(concat!(
         "UPDATE api_keys SET revoked_at = now() WHERE id = $1 RETURNING ",
@@ -179,7 +224,7 @@ pub async fn revoke(
     let details = serde_json::json!({ "name": row.name, "role": row.role });
     audit::record(&mut tx, actor, "key.revoked", &target(row.id), details).await?;
     tx.commit().await.map_err(ctx)?;
-    Ok(Some(row))
+    Ok(Revoked::Done(row))
 }
 
 async fn find_for_update(
