@@ -88,15 +88,26 @@ pub async fn run(config: &TallyConfig, args: &KeysArgs) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { name_or_id } => {
-            let row = keys::revoke(&pool, name_or_id, &Actor::cli())
-                .await?
-                .with_context(|| {
-                    format!("no key named {name_or_id:?} or with that id (see `tally keys list`)")
-                })?;
-            eprintln!(
-                "revoked key `{}` (id {}); it stops working within 5 s",
-                row.name, row.id
-            );
+            match keys::revoke_checked(&pool, name_or_id, &Actor::cli(), false).await? {
+                keys::Revoked::Done(row) | keys::Revoked::LastAdmin(row) => eprintln!(
+                    "revoked key `{}` (id {}); it stops working within 5 s",
+                    row.name, row.id
+                ),
+                keys::Revoked::AlreadyRevoked(row) => eprintln!(
+                    "key `{}` (id {}) was already revoked{}; nothing changed",
+                    row.name,
+                    row.id,
+                    row.revoked_at
+                        .map(|t| format!(
+                            " at {}",
+                            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        ))
+                        .unwrap_or_default()
+                ),
+                keys::Revoked::NotFound => anyhow::bail!(
+                    "no key named {name_or_id:?} or with that id (see `tally keys list`)"
+                ),
+            }
         }
     }
     Ok(())

@@ -111,8 +111,49 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ))
+        .layer(middleware::from_fn(close_after_unread_bodies))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
+}
+
+/// For routes without query parameters: 400 naming the first one given.
+pub(crate) fn no_parameters(
+    params: &std::collections::HashMap<String, String>,
+) -> Result<(), ApiError> {
+    match params.keys().next() {
+        Some(k) => Err(ApiError::BadRequest(format!(
+            "unknown parameter `{k}` (this route takes none)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Adds `Connection: close` to a refusal (401, 403, 413, 415, 429) of a request that carries a
+/// body: the body was not read, so the server will not reuse the connection, and a client that
+/// does not know it would send its next request into a closed socket.
+async fn close_after_unread_bodies(request: Request, next: Next) -> Response {
+    use axum::http::{header, StatusCode};
+    let has_body = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() != "0")
+        || request.headers().contains_key(header::TRANSFER_ENCODING);
+    let mut response = next.run(request).await;
+    let refused = matches!(
+        response.status(),
+        StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE
+            | StatusCode::TOO_MANY_REQUESTS
+    );
+    if has_body && refused {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Answers 503 (JSON, naming the setting) when the request is not answered within

@@ -164,14 +164,17 @@ impl TopologyView {
 #[utoipa::path(get, path = "/topologies", tag = "reports",
     responses(
         (status = 200, description = "The topologies this API reports on", body = TopologiesResponse),
+        (status = 400, description = "A query parameter was given (this route takes none)", body = crate::openapi::ErrorBody),
         (status = 401, description = "No key, or an unknown or revoked key", body = crate::openapi::ErrorBody),
         (status = 403, description = "The key's role may not read", body = crate::openapi::ErrorBody)),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_topologies(
     _caller: crate::auth::Read,
     State(state): State<AppState>,
-) -> Json<TopologiesResponse> {
-    Json(TopologiesResponse {
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<TopologiesResponse>, crate::ApiError> {
+    crate::no_parameters(&params)?;
+    Ok(Json(TopologiesResponse {
         topologies: state.topologies.iter().map(TopologyView::of).collect(),
-    })
+    }))
 }

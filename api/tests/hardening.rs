@@ -249,3 +249,40 @@ fn cors_origins_may_be_one_comma_separated_string() {
     let config: ApiConfig = toml::from_str("cors_origins = [\"*\"]").expect("valid");
     assert_eq!(config.cors_origins, vec!["*".to_owned()]);
 }
+
+/// Unknown parameters are refused on routes that take none, as on the others.
+#[tokio::test]
+async fn routes_without_parameters_refuse_them() {
+    for uri in ["/topologies?foo=1", "/admin/keys?foo=1"] {
+        let (status, body) = common::get(uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains("`foo`")),
+            "{uri}: {body}"
+        );
+    }
+}
+
+/// A refused request whose body was not read is answered with `Connection: close`, so a
+/// keep-alive client does not send its next request into a socket the server closes.
+#[tokio::test]
+async fn refusals_of_unread_bodies_close_the_connection() {
+    let request = Request::post("/events")
+        .header("content-type", "application/json")
+        .header("content-length", "2")
+        .body(Body::from("[]"))
+        .expect("request");
+    let (status, headers, _) = common::call_as_is(common::state(), request).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["connection"], "close");
+    let (status, headers, _) = common::call_as_is(
+        common::state(),
+        Request::get("/topologies").body(Body::empty()).expect("r"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        headers.get("connection").is_none(),
+        "no body, nothing to close for"
+    );
+}

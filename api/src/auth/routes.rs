@@ -74,6 +74,7 @@ pub struct KeyList {
 #[utoipa::path(get, path = "/admin/keys", tag = "admin",
     responses(
         (status = 200, description = "Every key, oldest first", body = KeyList),
+        (status = 400, description = "A query parameter was given (this route takes none)", body = crate::openapi::ErrorBody),
         (status = 401, description = "No key, or an unknown, revoked or malformed key", body = crate::openapi::ErrorBody),
         (status = 403, description = "The key is not an admin key", body = crate::openapi::ErrorBody),
         (status = 503, description = "PostgreSQL unavailable; retry", body = crate::openapi::ErrorBody)),
@@ -81,7 +82,9 @@ pub struct KeyList {
 async fn list_keys(
     _admin: Admin,
     State(state): State<AppState>,
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<KeyList>, ApiError> {
+    crate::no_parameters(&params)?;
     let rows = keys::list(&state.postgres).await.map_err(unavailable)?;
     Ok(Json(KeyList {
         keys: rows.into_iter().map(KeyInfo::from).collect(),
@@ -179,6 +182,7 @@ async fn revoke_key(
             tracing::info!(key_id = row.id, name = row.name, "key revoked");
             Ok(Json(row.into()))
         }
+        Ok(keys::Revoked::AlreadyRevoked(row)) => Ok(Json(row.into())),
         Ok(keys::Revoked::NotFound) => Err(ApiError::NotFound(format!(
             "no key named {id_or_name:?} or with that id (GET /admin/keys lists them)"
         ))),

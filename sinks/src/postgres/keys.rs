@@ -160,7 +160,9 @@ pub async fn revoke(
     actor: &Actor,
 ) -> Result<Option<KeyRow>, SinkError> {
     match revoke_checked(pool, name_or_id, actor, false).await? {
-        Revoked::Done(row) | Revoked::LastAdmin(row) => Ok(Some(row)),
+        Revoked::Done(row) | Revoked::AlreadyRevoked(row) | Revoked::LastAdmin(row) => {
+            Ok(Some(row))
+        }
         Revoked::NotFound => Ok(None),
     }
 }
@@ -168,8 +170,10 @@ pub async fn revoke(
 /// What [`revoke_checked`] did.
 #[derive(Debug)]
 pub enum Revoked {
-    /// Revoked now, or already revoked before (then no audit row is written).
+    /// Revoked now (audited `key.revoked`).
     Done(KeyRow),
+    /// It was revoked before: nothing changed, no audit row written.
+    AlreadyRevoked(KeyRow),
     /// No key has this name or id.
     NotFound,
     /// Refused: it is the last active admin key (nothing changed).
@@ -198,7 +202,7 @@ pub async fn revoke_checked(
         return Ok(Revoked::NotFound);
     };
     if row.revoked_at.is_some() {
-        return Ok(Revoked::Done(row));
+        return Ok(Revoked::AlreadyRevoked(row));
     }
     if keep_an_admin && row.role == "admin" {
         let others: i64 = sqlx::query_scalar(
