@@ -14,6 +14,7 @@ mod kafka;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+mod paging;
 pub mod queries;
 pub mod reports;
 pub mod request_log;
@@ -114,18 +115,6 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(close_after_unread_bodies))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
-}
-
-/// For routes without query parameters: 400 naming the first one given.
-pub(crate) fn no_parameters(
-    params: &std::collections::HashMap<String, String>,
-) -> Result<(), ApiError> {
-    match params.keys().next() {
-        Some(k) => Err(ApiError::BadRequest(format!(
-            "unknown parameter `{k}` (this route takes none)"
-        ))),
-        None => Ok(()),
-    }
 }
 
 /// Adds `Connection: close` to a refusal (401, 403, 413, 415, 429) of a request that carries a

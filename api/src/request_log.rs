@@ -312,36 +312,9 @@ pub async fn get_requests(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<RequestPage>, ApiError> {
-    if let Some(k) = params
-        .keys()
-        .find(|k| !["limit", "before"].contains(&k.as_str()))
-    {
-        return Err(ApiError::BadRequest(format!(
-            "unknown parameter `{k}` (expected limit, before)"
-        )));
-    }
-    let limit = match params.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "`limit` must be a whole number from 1 to {MAX_PAGE}"
-                ))
-            })?,
-    };
-    let before = params
-        .get("before")
-        .map(|raw| {
-            raw.parse::<i64>().ok().filter(|&id| id > 0).ok_or_else(|| {
-                ApiError::BadRequest(
-                    "`before` must be a positive whole number (the previous page's `next`)".into(),
-                )
-            })
-        })
-        .transpose()?;
+    crate::paging::only(&params, &["limit", "before"])?;
+    let limit = crate::paging::limit(&params, DEFAULT_PAGE, MAX_PAGE)?;
+    let before = crate::paging::before_id(&params)?;
     let rows = store::page(&state.postgres, before, limit)
         .await
         .map_err(|e| {

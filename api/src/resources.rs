@@ -125,17 +125,6 @@ fn not_found(id: i64) -> ApiError {
     ApiError::NotFound(format!("no resource {id}"))
 }
 
-/// Refuses parameters other than `known`.
-fn only_params(params: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
-    match params.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::BadRequest(format!(
-            "unknown parameter `{k}` (expected {})",
-            known.join(", ")
-        ))),
-        None => Ok(()),
-    }
-}
-
 fn with_data_param(params: &HashMap<String, String>) -> Result<bool, ApiError> {
     match params.get("with_data").map(String::as_str) {
         None | Some("false") => Ok(false),
@@ -226,7 +215,7 @@ pub async fn get_resource(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<ResourceBody>, ApiError> {
-    only_params(&params, &["id", "with_data"])?;
+    crate::paging::only(&params, &["id", "with_data"])?;
     let raw = params
         .get("id")
         .ok_or_else(|| ApiError::BadRequest("`id` is required".into()))?;
@@ -255,7 +244,7 @@ pub async fn get_resource_by_id(
     Path(raw): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<ResourceBody>, ApiError> {
-    only_params(&params, &["with_data"])?;
+    crate::paging::only(&params, &["with_data"])?;
     let id = parse_id(&raw)?;
     fetch(&state, id, with_data_param(&params)?).await.map(Json)
 }
@@ -278,27 +267,9 @@ pub async fn list_resources(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<ResourcePage>, ApiError> {
-    only_params(&params, &["limit", "before"])?;
-    let limit = match params.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "`limit` must be a whole number from 1 to {MAX_PAGE}"
-                ))
-            })?,
-    };
-    let before = params
-        .get("before")
-        .map(|raw| {
-            parse_id(raw).map_err(|_| {
-                ApiError::BadRequest("`before` must be a positive whole number".into())
-            })
-        })
-        .transpose()?;
+    crate::paging::only(&params, &["limit", "before"])?;
+    let limit = crate::paging::limit(&params, DEFAULT_PAGE, MAX_PAGE)?;
+    let before = crate::paging::before_id(&params)?;
     let rows = store::page(&state.postgres, before, limit)
         .await
         .map_err(unavailable)?;

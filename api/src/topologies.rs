@@ -173,7 +173,7 @@ pub async fn get_topologies(
     State(state): State<AppState>,
     axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<TopologiesResponse>, crate::ApiError> {
-    crate::no_parameters(&params)?;
+    crate::paging::only(&params, &[])?;
     Ok(Json(TopologiesResponse {
         topologies: state.topologies.iter().map(TopologyView::of).collect(),
     }))

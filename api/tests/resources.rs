@@ -228,11 +228,11 @@ async fn ids_and_parameters_are_checked() {
         ),
         (
             "/resources?limit=0",
-            "`limit` must be a whole number from 1 to 100",
+            "`limit` must be a whole number from 1 to 100, got `0`",
         ),
         (
             "/resources?before=x",
-            "`before` must be a positive whole number",
+            "`before` must be a positive whole number (the previous page's `next`), got `x`",
         ),
     ];
     for (uri, want) in cases {
@@ -732,7 +732,10 @@ async fn requests_land_in_postgres() {
     // request's `at` is when it arrived, so a slow one may be logged after a later arrival).
     let ids: Vec<i64> = entries.iter().filter_map(|e| e["id"].as_i64()).collect();
     assert_eq!(ids.len(), entries.len());
-    assert!(ids.windows(2).all(|w| w[0] > w[1]), "not newest first: {ids:?}");
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "not newest first: {ids:?}"
+    );
 }
 
 /// Partitions ahead are created, rows waiting in the default partition move into theirs, and

@@ -84,7 +84,7 @@ async fn list_keys(
     State(state): State<AppState>,
     axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<KeyList>, ApiError> {
-    crate::no_parameters(&params)?;
+    crate::paging::only(&params, &[])?;
     let rows = keys::list(&state.postgres).await.map_err(unavailable)?;
     Ok(Json(KeyList {
         keys: rows.into_iter().map(KeyInfo::from).collect(),
@@ -224,22 +224,6 @@ pub struct AuditPage {
     pub next: Option<i64>,
 }
 
-/// A `limit` of 1..=`max`, `default` when absent.
-fn limit(params: &HashMap<String, String>, default: i64, max: i64) -> Result<i64, ApiError> {
-    match params.get("limit") {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "limit must be an integer from 1 to {max}, got {v:?}"
-                ))
-            }),
-    }
-}
-
 /// The audit log of admin actions, newest first, a page at a time.
 #[utoipa::path(get, path = "/admin/audit", tag = "admin",
     params(
@@ -257,15 +241,9 @@ async fn get_audit(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    let limit = limit(&params, 100, 1000)?;
-    let before = match params.get("before") {
-        None => None,
-        Some(v) => Some(v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "before must be a positive entry id (a page's `next`), got {v:?}"
-            ))
-        })?),
-    };
+    crate::paging::only(&params, &["limit", "before"])?;
+    let limit = crate::paging::limit(&params, 100, 1000)?;
+    let before = crate::paging::before_id(&params)?;
     let rows = audit::page(&state.postgres, before, limit)
         .await
         .map_err(unavailable)?;
@@ -360,7 +338,8 @@ async fn get_jobs(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<JobsResponse>, ApiError> {
-    let limit = limit(&params, 50, 1000)?;
+    crate::paging::only(&params, &["limit"])?;
+    let limit = crate::paging::limit(&params, 50, 1000)?;
     let pipeline = &state.pipeline_name;
     let runs = jobs::recent_runs(&state.postgres, pipeline, limit)
         .await
