@@ -199,7 +199,8 @@ cmd_start() {
     cat <<EOF
 
 Tally is running.
-  API        $API   (POST /events, GET /reports, GET /reports/summary, GET /healthz)
+  API        $API   (every route with a key: docs/api.md; $API/docs browses them)
+  dashboard  $API/dashboard   (data: $API/dashboard/data, with a read key)
   keys       read: $READ_KEY_FILE; admin: $TALLY_HOME/admin.key (if this migrate created it)
              curl -H "Authorization: Bearer \$(cat $READ_KEY_FILE)" "$API/reports/summary?from=\$(date -u -d '1 hour ago' +%FT%TZ)&to=\$(date -u +%FT%TZ)"
              more keys: $BIN keys create --name NAME --role ingest|read|admin
