@@ -67,7 +67,8 @@ pub struct ApiConfig {
     pub request_log_retention_months: u32,
 }
 
-/// A list, or one string of comma-separated items (blank items dropped).
+/// A list, one string of comma-separated items (blank items dropped), or one string spelling a
+/// list (`["a", "b"]`).
 fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -77,6 +78,11 @@ fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     }
     Ok(match ListOrCsv::deserialize(d)? {
         ListOrCsv::List(items) => items,
+        // `["a", "b"]` given as one string (an environment variable's text): the list it spells.
+        ListOrCsv::Csv(text) if text.trim_start().starts_with('[') => serde_json::from_str(&text)
+            .map_err(|e| {
+            serde::de::Error::custom(format!("`{text}` is not a list of strings: {e}"))
+        })?,
         ListOrCsv::Csv(text) => text
             .split(',')
             .map(str::trim)

@@ -246,6 +246,9 @@ fn cors_origins_may_be_one_comma_separated_string() {
             "https://b.example".to_owned()
         ]
     );
+    let config: ApiConfig =
+        toml::from_str("cors_origins = '[\"https://a.example\"]'").expect("a list in a string");
+    assert_eq!(config.cors_origins, vec!["https://a.example".to_owned()]);
     let config: ApiConfig = toml::from_str("cors_origins = [\"*\"]").expect("valid");
     assert_eq!(config.cors_origins, vec!["*".to_owned()]);
 }
