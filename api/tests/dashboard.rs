@@ -6,14 +6,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chrono::{DateTime, SecondsFormat, Utc};
 use common::{get, state};
 use serde_json::{json, Value};
-use tally_api::{ApiConfig, AppState};
+use tally_api::AppState;
 use tally_core::{RowTable, Topology};
 use tally_sinks::clickhouse::{ClickHouseConfig, EventRow};
 use tower::ServiceExt;
@@ -221,22 +220,7 @@ async fn checks(
         .execute(&pool)
         .await
         .expect("frontier");
-    let kafka = common::unreachable_kafka();
-    let state = AppState {
-        config: Arc::new(ApiConfig::default()),
-        producer: common::unreachable_producer(&kafka),
-        kafka: Arc::new(kafka),
-        clickhouse: ch,
-        keys: common::memory_keys(),
-        limiters: Arc::new(tally_api::limits::Limiters::new(&ApiConfig::default())),
-        request_log: tally_api::request_log::RequestLog::disabled(),
-        postgres: pool,
-        pipeline_name: pipeline,
-        grace_ms: 5_000,
-        retention_days: 365,
-        pipeline: None,
-        topologies: Arc::new(vec![topology]),
-    };
+    let state = common::store_state(ch, pool, pipeline, 5_000, vec![topology]);
     let uri = format!(
         "/dashboard/data?from={}&to={}&window=1h",
         iso(b),

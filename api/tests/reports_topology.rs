@@ -7,12 +7,10 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
-use tally_api::{router, ApiConfig, AppState};
+use tally_api::{router, AppState};
 use tally_core::{Dimension, Metric, RowTable, Topology, WindowSpec};
 use tower::ServiceExt;
 
@@ -225,22 +223,7 @@ async fn setup() -> Setup {
     .execute(&pool)
     .await
     .expect("late window");
-    let kafka = common::unreachable_kafka();
-    let state = AppState {
-        config: Arc::new(ApiConfig::default()),
-        producer: common::unreachable_producer(&kafka),
-        kafka: Arc::new(kafka),
-        clickhouse: ch,
-        keys: common::memory_keys(),
-        limiters: Arc::new(tally_api::limits::Limiters::new(&ApiConfig::default())),
-        request_log: tally_api::request_log::RequestLog::disabled(),
-        postgres: pool,
-        pipeline_name: pipeline.clone(),
-        grace_ms: GRACE_MS,
-        retention_days: 365,
-        pipeline: None,
-        topologies: Arc::new(topologies),
-    };
+    let state = common::store_state(ch, pool, pipeline.clone(), GRACE_MS, topologies);
     Setup {
         state,
         admin,
@@ -545,7 +528,6 @@ fn chdb_available() -> bool {
 /// releases must agree.
 #[test]
 fn report_sql_runs_on_current_clickhouse() {
-    use std::io::Write as _;
     use tally_core::{Component, FieldPath};
     use tally_sinks::clickhouse::read::{self, WindowRange};
     if !chdb_available() {
@@ -613,29 +595,5 @@ fn report_sql_runs_on_current_clickhouse() {
          "expect": format!(
              "{s0},\"__other__\",\"[-3,1]\"\n{s0},\"buy\",\"[50.5,2]\"\n{s0},\"gift\",\"[-1,4]\"\n")},
     ]);
-    let plan = json!({"setup": setup, "checks": checks});
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/current_clickhouse.py"
-    );
-    let mut child = std::process::Command::new("python3")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(plan.to_string().as_bytes())
-        .expect("plan");
-    let out = child.wait_with_output().expect("output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert_eq!(
-        text.matches("\nok:").count(),
-        6,
-        "not every check ran:\n{text}"
-    );
+    common::run_on_current_clickhouse(&json!({"setup": setup, "checks": checks}));
 }

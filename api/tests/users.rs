@@ -8,14 +8,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chrono::{DateTime, SecondsFormat, Utc};
 use common::get;
 use serde_json::{json, Value};
-use tally_api::{router, ApiConfig, AppState};
+use tally_api::{router, AppState};
 use tally_sinks::clickhouse::users::{UserQuery, UserSort};
 use tally_sinks::clickhouse::{ClickHouseConfig, EventRow, Features};
 use tower::ServiceExt;
@@ -276,22 +275,13 @@ async fn setup(evs: &[Ev]) -> Setup {
         .max_connections(2)
         .connect_lazy(&pg_url)
         .expect("postgres");
-    let kafka = common::unreachable_kafka();
-    let state = AppState {
-        config: Arc::new(ApiConfig::default()),
-        producer: common::unreachable_producer(&kafka),
-        kafka: Arc::new(kafka),
-        clickhouse: ch,
-        keys: common::memory_keys(),
-        limiters: Arc::new(tally_api::limits::Limiters::new(&ApiConfig::default())),
-        request_log: tally_api::request_log::RequestLog::disabled(),
-        postgres: pool,
-        pipeline_name: format!("api_users_{}", &tag[..12]),
-        grace_ms: 5_000,
-        retention_days: 365,
-        pipeline: None,
-        topologies: Arc::new(vec![common::product_analytics()]),
-    };
+    let state = common::store_state(
+        ch,
+        pool,
+        format!("api_users_{}", &tag[..12]),
+        5_000,
+        vec![common::product_analytics()],
+    );
     Setup {
         state,
         admin,
@@ -616,7 +606,6 @@ fn csv_str(s: &str) -> String {
 /// process: the same events, the same answers as the oracle.
 #[test]
 fn users_sql_runs_on_current_clickhouse() {
-    use std::io::Write as _;
     if !chdb_available() {
         assert!(
             std::env::var("TALLY_E2E").as_deref() != Ok("1"),
@@ -737,30 +726,5 @@ fn users_sql_runs_on_current_clickhouse() {
         .sql_display()
         .to_string();
     checks.push(json!({"sql": sql, "expect": expect}));
-    let n = checks.len();
-    let plan = json!({"setup": setup, "checks": checks});
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/current_clickhouse.py"
-    );
-    let mut child = std::process::Command::new("python3")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(plan.to_string().as_bytes())
-        .expect("plan");
-    let out = child.wait_with_output().expect("output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert_eq!(
-        text.matches("\nok:").count(),
-        n,
-        "not every check ran:\n{text}"
-    );
+    common::run_on_current_clickhouse(&json!({"setup": setup, "checks": checks}));
 }

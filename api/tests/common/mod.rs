@@ -324,3 +324,64 @@ pub fn with_key_value(key: &str, mut request: Request<Body>) -> Request<Body> {
     request.headers_mut().insert("authorization", value);
     request
 }
+
+/// State over a real ClickHouse client `clickhouse` and PostgreSQL `postgres` (keys from
+/// [`memory_keys`], Kafka unreachable, no request log): what the store tests query through
+/// the router.
+pub fn store_state(
+    clickhouse: clickhouse::Client,
+    postgres: sqlx::PgPool,
+    pipeline_name: String,
+    grace_ms: u64,
+    topologies: Vec<Topology>,
+) -> AppState {
+    let kafka = unreachable_kafka();
+    AppState {
+        config: Arc::new(ApiConfig::default()),
+        producer: unreachable_producer(&kafka),
+        kafka: Arc::new(kafka),
+        clickhouse,
+        keys: memory_keys(),
+        limiters: Arc::new(tally_api::limits::Limiters::new(&ApiConfig::default())),
+        request_log: tally_api::request_log::RequestLog::disabled(),
+        postgres,
+        pipeline_name,
+        grace_ms,
+        retention_days: 365,
+        pipeline: None,
+        topologies: Arc::new(topologies),
+    }
+}
+
+/// Runs `plan` (`{"setup": [sql...], "checks": [{"sql", "expect"}...]}`) on a current
+/// ClickHouse in-process (`tests/current_clickhouse.py`, PyPI chdb-core) and asserts that all
+/// `checks` ran and gave their expected answers.
+pub fn run_on_current_clickhouse(plan: &Value) {
+    use std::io::Write;
+    let checks = plan["checks"].as_array().map_or(0, Vec::len);
+    assert!(checks > 0, "a plan without checks proves nothing");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/current_clickhouse.py"
+    );
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(plan.to_string().as_bytes())
+        .expect("plan");
+    let out = child.wait_with_output().expect("output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.matches("\nok:").count(),
+        checks,
+        "not every check ran:\n{text}"
+    );
+}
