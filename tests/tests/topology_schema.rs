@@ -112,7 +112,9 @@ const REPLAY: &str = r#"
 import json, sys, tempfile
 from chdb import session
 steps = json.load(sys.stdin)
-with tempfile.TemporaryDirectory() as path:
+# The engine may still be merging parts when the steps end: close it first, and let the scratch
+# folder's removal skip what a background merge left.
+with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as path:
     s = session.Session(path)
     print("clickhouse", s.query("SELECT version()", "CSV").bytes().decode().strip())
     for step in steps:
@@ -125,6 +127,7 @@ with tempfile.TemporaryDirectory() as path:
             print(f"MISMATCH:\n{step['sql']}\n got: {got!r}\nwant: {step['expect']!r}")
             sys.exit(1)
         print("ok")
+    s.close()
 "#;
 
 fn replay_on_current_clickhouse(
